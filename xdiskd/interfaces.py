@@ -1,0 +1,92 @@
+"""
+The zope interfaces that join xdiskd's layers.
+
+  - L{IBlockDevice}: what an xa unit (import side) offers to a front end
+    such as the NBD server.
+  - L{IBlockDeviceRegistry}: how a front end finds block devices by name.
+  - L{IBackingStore}: what an export (export side) reads and writes.
+"""
+
+from zope.interface import Attribute, Interface
+
+
+class IBlockDevice(Interface):
+    """
+    A remote (or local) disk, addressed in bytes.
+
+    Every asynchronous method returns a L{twisted.internet.defer.Deferred}.
+    I/O methods fail with an L{xdiskd.errors.XDiskError} subclass.
+    """
+
+    name = Attribute("Unit name, e.g. 'xa0' (str).")
+    serial = Attribute("Disk serial number = the span's pfs_label (str).")
+    size = Attribute("Size in bytes (int).")
+    sectorSize = Attribute("Sector size in bytes (int, >= 1).")
+    readOnly = Attribute("True if writes must be refused locally (bool).")
+
+    def open():
+        """
+        Count one open of the device.  The first open issues BLK_OPEN and
+        fires when the server answered; it fails with
+        L{xdiskd.errors.NoPathError} when no path exists or the server
+        refused.
+        """
+
+    def close():
+        """Drop one open; the last close closes the BLK_OPEN transaction."""
+
+    def read(offset, length):
+        """
+        Read C{length} bytes at C{offset}.  Fires with a bytes-like object
+        of exactly C{length} bytes.
+        """
+
+    def write(offset, data):
+        """Write the bytes-like C{data} at C{offset}.  Fires with None."""
+
+    def flush():
+        """
+        Fire when every write completed before this call is durable.
+        """
+
+    def trim(offset, length):
+        """Discard a range; it then reads as zeros.  Fires with None."""
+
+
+class IBlockDeviceRegistry(Interface):
+    """The set of block devices a front end may serve."""
+
+    def lookup(name):
+        """
+        Return the L{IBlockDevice} whose name or serial is C{name}, or None.
+        """
+
+    def devices():
+        """Return a list of the L{IBlockDevice}s, ordered by name."""
+
+
+class IBackingStore(Interface):
+    """
+    The local file or block device behind an export.  Offsets and lengths
+    are checked by the caller against C{size}; the store does positional
+    I/O and never blocks the reactor for device latency.
+    """
+
+    path = Attribute("Path of the file or device (str).")
+    size = Attribute("Size in bytes (int).")
+    readOnly = Attribute("True if the store was opened read-only (bool).")
+
+    def read(offset, length):
+        """Fire with a bytes-like object of C{length} bytes."""
+
+    def write(offset, data):
+        """Write C{data} at C{offset}; fire with None."""
+
+    def flush():
+        """fdatasync; fire with None."""
+
+    def discard(offset, length):
+        """Punch a hole / discard; the range then reads as zeros."""
+
+    def close():
+        """Release the file descriptor and any threads."""
