@@ -90,3 +90,38 @@ class IBackingStore(Interface):
 
     def close():
         """Release the file descriptor and any threads."""
+
+
+class ILinkReceiver(Interface):
+    """
+    What sits above a DMSG link (L{xdiskd.dmsg.link.DMSGLink}): the node
+    that exports, imports or relays.  The link calls these.
+    """
+
+    def localConn():
+        """
+        Return the L{xdiskd.dmsg.wire.LnkConn} to send as our LNK_CONN
+        (§7.2): peer type, peer_mask and label of this node.
+        """
+
+    def linkMade(link):
+        """A connection exists; our LNK_CONN has been sent."""
+
+    def linkReady(link):
+        """
+        The peer answered our LNK_CONN with error 0: spans may now be
+        advertised on C{link} (§7.2 step 3).
+        """
+
+    def transactionReceived(txn, msg):
+        """
+        The peer opened a top-level transaction other than LNK_CONN (e.g.
+        LNK_SPAN).  Set C{txn.handler} (and C{txn.onChild}) to keep it, or
+        answer it; return False to have the link answer NOSUPP.
+        """
+
+    def linkLost(link, reason):
+        """
+        The connection is gone; every transaction on it has already been
+        failed locally with LOSTLINK (§7.4).
+        """

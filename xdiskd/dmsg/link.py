@@ -1,0 +1,527 @@
+"""
+The DMSG link layer: one Twisted protocol per connection (an "iocom" in
+DragonFly's terms) with the transaction state of spec §6.
+
+A L{Transaction} is created by the side that sends CREATE without REPLY
+and lives until DELETE went both ways (§6.4).  Each side keeps two tables:
+C{tx} for transactions it created and C{rx} for those the peer created;
+REVTRANS on a received message selects C{tx}, its absence C{rx} (§6.3).
+CREATE messages name their parent by C{circuit}, looked up in C{tx} when
+REVCIRC is set and in C{rx} otherwise (§6.2).
+
+Upper layers see a transaction through two callables:
+  - C{txn.handler(txn, msg)}: a message of this transaction arrived
+    (closing messages arrive as LNK_ERROR: dispatch on C{txn.icmd}, §6.6);
+  - C{txn.onChild(child, msg)}: the peer stacked a new transaction on this
+    one (the root's is the receiver's C{transactionReceived}).
+
+When a transaction is half-closed (DELETE sent or received) or the link is
+lost, every transaction stacked under it is failed locally with a
+simulated LNK_ERROR|DELETE carrying LOSTLINK, through its own handler,
+deepest first; anything sent on a failed ("dying") transaction is dropped,
+so nothing about the children goes on the wire (§6.8, §7.4).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable, Dict, List, Optional
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from xdiskd.dmsg import constants as C
+from xdiskd.dmsg.wire import (
+    BytesLike, Decoder, Encoder, Extension, FramingError, LnkConn, Message)
+
+Handler = Callable[["Transaction", Message], Any]
+
+_linkIds = itertools.count(1)
+
+# Log at most this many protocol violations per link (then every 1000th).
+_VIOLATION_LOG_LIMIT = 20
+
+
+class LinkError(Exception):
+    """A transaction cannot be started or used (link or parent gone)."""
+
+
+class Transaction:
+    """
+    One DMSG transaction on one link.
+
+    @ivar msgid: the initiator's msgid (0 for the root).
+    @ivar parent: the transaction this one is stacked on (the root for
+        top-level ones; None only for the root itself).
+    @ivar icmd: the original command, C{cmd & 0x00FFFFFF} of the CREATE.
+    @ivar ours: True if this side created it (we are the initiator).
+    @ivar dying: failed locally; messages sent on it are dropped.
+    @ivar data: free for the layer that owns the transaction.
+    """
+
+    __slots__ = ("link", "msgid", "parent", "icmd", "ours", "txCreate",
+                 "txDelete", "rxCreate", "rxDelete", "children", "handler",
+                 "onChild", "dying", "data", "_closedWaiters")
+
+    def __init__(self, link: "DMSGLink", msgid: int,
+                 parent: Optional["Transaction"], icmd: int,
+                 ours: bool) -> None:
+        self.link = link
+        self.msgid = msgid
+        self.parent = parent
+        self.icmd = icmd
+        self.ours = ours
+        self.txCreate = False
+        self.txDelete = False
+        self.rxCreate = False
+        self.rxDelete = False
+        self.children: Dict["Transaction", None] = {}
+        self.handler: Optional[Handler] = None
+        self.onChild: Optional[Handler] = None
+        self.dying = False
+        self.data: Any = None
+        self._closedWaiters: Optional[List[Deferred]] = None
+
+    def __repr__(self) -> str:
+        return "<Transaction %s %s msgid=%#x %s%s%s%s%s>" % (
+            C.cmdName(self.icmd), "ours" if self.ours else "theirs",
+            self.msgid, "tC" if self.txCreate else "",
+            "tD" if self.txDelete else "", "rC" if self.rxCreate else "",
+            "rD" if self.rxDelete else "", " dying" if self.dying else "")
+
+    @property
+    def isOpen(self) -> bool:
+        """Neither side has closed it (both may still send)."""
+        return not (self.txDelete or self.rxDelete or self.dying)
+
+    @property
+    def closed(self) -> bool:
+        """DELETE went both ways: the transaction is gone."""
+        return self.txDelete and self.rxDelete
+
+    @property
+    def circuit(self) -> int:
+        return self.parent.msgid if self.parent is not None else 0
+
+    def send(self, cmd: int, ext: Optional[Extension] = None,
+             aux: Optional[BytesLike] = None, error: int = 0,
+             delete: bool = False) -> None:
+        """
+        Send a message of this transaction; CREATE, REPLY, REVTRANS and
+        REVCIRC are computed (§6.5, §6.6).  Nothing is sent once we sent
+        DELETE, or on a dying transaction.
+        """
+        self.link._sendOn(self, cmd, ext, aux, error, delete)
+
+    def result(self, error: int = 0) -> None:
+        """A "result": LNK_ERROR that leaves the transaction open (§6.6)."""
+        self.link._sendOn(self, C.LNK_ERROR, None, None, error, False)
+
+    def reply(self, error: int = 0) -> None:
+        """A "return": LNK_ERROR|DELETE closing our direction (§6.6)."""
+        self.link._sendOn(self, C.LNK_ERROR, None, None, error, True)
+
+    def startChild(self, cmd: int, ext: Optional[Extension] = None,
+                   aux: Optional[BytesLike] = None,
+                   handler: Optional[Handler] = None,
+                   delete: bool = False) -> "Transaction":
+        """Open a new transaction of ours stacked on this one."""
+        return self.link.startTransaction(self, cmd, ext, aux, handler,
+                                          delete)
+
+    def whenClosed(self) -> Deferred:
+        """A Deferred that fires with this transaction once it is gone."""
+        if self.closed:
+            return succeed(self)
+        if self._closedWaiters is None:
+            self._closedWaiters = []
+        d: Deferred = Deferred()
+        self._closedWaiters.append(d)
+        return d
+
+
+@implementer(IPushProducer)
+class DMSGLink(Protocol):
+    """
+    One DMSG connection.  The factory's C{receiver} (an
+    L{xdiskd.interfaces.ILinkReceiver}) is told about the connection and
+    its top-level transactions; this class handles framing, the
+    transaction tables, LNK_CONN (§7.2), PING and NOSUPP answers.
+
+    @ivar peerConn: the peer's LNK_CONN extension, once received.
+    @ivar ready: our LNK_CONN has been answered with error 0.
+    """
+
+    log = Logger()
+
+    def __init__(self, receiver: Any, name: str = "",
+                 verifyCRC: bool = True, verifySalt: bool = True) -> None:
+        self.receiver = receiver
+        self.id = next(_linkIds)
+        self.name = name or "link%d" % (self.id,)
+        self.decoder = Decoder(verifyCRC, verifySalt)
+        self.encoder = Encoder()
+        self.tx: Dict[int, Transaction] = {}
+        self.rx: Dict[int, Transaction] = {}
+        self.root = Transaction(self, 0, None, 0, False)
+        self.root.onChild = self._topLevel
+        self._msgids = itertools.count(1)
+        self.peerConn: Optional[LnkConn] = None
+        self.connTxn: Optional[Transaction] = None
+        self.ready = False
+        self.connected = False
+        self.violations = 0
+        self.messagesIn = 0
+        self.messagesOut = 0
+        self.bytesIn = 0
+        self._pauses: Dict[str, None] = {}
+        self._lostWaiters: List[Deferred] = []
+
+    def __repr__(self) -> str:
+        return "<DMSGLink %s>" % (self.name,)
+
+    # ---------------------------------------------------------------
+    # Connection life cycle
+
+    def connectionMade(self) -> None:
+        self.connected = True
+        if self.name == "link%d" % (self.id,):
+            peer = self.transport.getPeer()  # type: ignore[union-attr]
+            self.name = "link%d(%s)" % (self.id, _addr(peer))
+        self.transport.registerProducer(self, True)  # type: ignore
+        self.connTxn = self.startTransaction(
+            None, C.LNK_CONN, self.receiver.localConn(), None,
+            self._connReply)
+        self.log.info("{link}: connected, LNK_CONN sent", link=self.name)
+        self.receiver.linkMade(self)
+
+    def connectionLost(self, reason: Failure = Failure(
+            ConnectionError("lost"))) -> None:
+        if not self.connected:
+            return
+        self.connected = False
+        self.ready = False
+        # §7.4: nothing is sent; fail everything locally, deepest first.
+        for child in list(self.root.children):
+            self._abort(child, C.ERR_LOSTLINK)
+        self.log.info("{link}: disconnected ({why})", link=self.name,
+                      why=reason.getErrorMessage())
+        self.receiver.linkLost(self, reason)
+        waiters, self._lostWaiters = self._lostWaiters, []
+        for d in waiters:
+            d.callback(self)
+
+    def whenLost(self) -> Deferred:
+        """A Deferred that fires once the connection is gone."""
+        if not self.connected:
+            return succeed(self)
+        d: Deferred = Deferred()
+        self._lostWaiters.append(d)
+        return d
+
+    def close(self, why: str = "closed") -> None:
+        """Drop the connection now (abort, do not wait for the peer)."""
+        if self.transport is not None and self.connected:
+            self.log.info("{link}: closing: {why}", link=self.name, why=why)
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    # ---------------------------------------------------------------
+    # Back-pressure.  Reading stops while any reason holds: the
+    # transport's write buffer is full ("write", via IPushProducer) or a
+    # layer above has too much in flight.
+
+    def pauseReading(self, reason: str) -> None:
+        if not self._pauses and self.transport is not None:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+        self._pauses[reason] = None
+
+    def resumeReading(self, reason: str) -> None:
+        if self._pauses.pop(reason, 0) is None and not self._pauses:
+            if self.transport is not None and self.connected:
+                self.transport.resumeProducing()  # type: ignore
+
+    def pauseProducing(self) -> None:
+        self.pauseReading("write")
+
+    def resumeProducing(self) -> None:
+        self.resumeReading("write")
+
+    def stopProducing(self) -> None:
+        pass
+
+    # ---------------------------------------------------------------
+    # Receiving
+
+    def dataReceived(self, data: bytes) -> None:
+        self.bytesIn += len(data)
+        try:
+            messages = self.decoder.feed(data)
+        except FramingError as e:
+            self.log.warn("{link}: framing error, closing: {cause}: {e}",
+                          link=self.name, cause=type(e).__name__, e=e)
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            return
+        for msg in messages:
+            if not self.connected:
+                return
+            self.messagesIn += 1
+            try:
+                self._receive(msg)
+            except Exception:
+                self.log.failure("{link}: error handling {msg}, closing",
+                                 link=self.name, msg=msg)
+                self.transport.abortConnection()  # type: ignore
+                return
+
+    def _violation(self, why: str, msg: Message) -> None:
+        """A state-rule violation: drop the message, log (rate-limited)."""
+        self.violations += 1
+        n = self.violations
+        if n <= _VIOLATION_LOG_LIMIT or n % 1000 == 0:
+            self.log.warn("{link}: dropped {msg}: {why} (violation #{n})",
+                          link=self.name, msg=msg, why=why, n=n)
+
+    def _receive(self, msg: Message) -> None:
+        cmd = msg.cmd
+        if cmd & C.CREATE and not cmd & C.REPLY:
+            # §6.4: the peer opens a transaction.
+            if msg.msgid == 0:
+                return self._violation("CREATE with msgid 0", msg)
+            if msg.msgid in self.rx:
+                return self._violation("duplicate CREATE", msg)
+            circuit = msg.circuit
+            if circuit == 0:
+                parent = self.root
+            else:
+                p = (self.tx if cmd & C.REVCIRC else self.rx).get(circuit)
+                if p is None or not p.isOpen:
+                    # §6.8: late message under a parent that is gone.
+                    return self._violation("no open parent", msg)
+                parent = p
+            txn = Transaction(self, msg.msgid, parent,
+                              cmd & C.BASECMDMASK, False)
+            txn.rxCreate = True
+            if cmd & C.DELETE:
+                txn.rxDelete = True
+            self.rx[msg.msgid] = txn
+            parent.children[txn] = None
+            onChild = parent.onChild
+            if onChild is None or onChild(txn, msg) is False:
+                # §6.9: unsupported new transaction → NOSUPP return.
+                txn.reply(C.ERR_NOSUPP)
+            self._maybeGone(txn)
+            return
+        table = self.tx if cmd & C.REVTRANS else self.rx
+        txn = table.get(msg.msgid) if msg.msgid else None
+        if txn is None:
+            if not cmd & (C.CREATE | C.DELETE):
+                # §6.4: no transaction matches: a one-way message.
+                return self._oneWay(msg)
+            if cmd & C.ABORT:
+                return  # §6.7: raced the close, discard silently
+            return self._violation("unknown transaction", msg)
+        if msg.circuit != txn.circuit:
+            return self._violation("circuit mismatch", msg)
+        if cmd & C.CREATE:
+            # First reply to a transaction of ours.
+            if not txn.ours or txn.rxCreate:
+                return self._violation("unexpected CREATE|REPLY", msg)
+            txn.rxCreate = True
+        elif not txn.rxCreate:
+            return self._violation("message before CREATE", msg)
+        if txn.rxDelete:
+            return self._violation("message after DELETE", msg)
+        if cmd & C.DELETE:
+            txn.rxDelete = True
+            # §6.8: a closing parent takes its children with it.
+            for child in list(txn.children):
+                self._abort(child, C.ERR_LOSTLINK)
+        self._dispatch(txn, msg)
+        self._maybeGone(txn)
+
+    def _dispatch(self, txn: Transaction, msg: Message) -> None:
+        handler = txn.handler
+        if handler is not None:
+            handler(txn, msg)
+        elif msg.cmd & C.DELETE:
+            txn.reply(0)
+
+    def _oneWay(self, msg: Message) -> None:
+        """§6.9: one-way messages.  Answer PING; never answer LNK_ERROR."""
+        base = msg.cmd & C.CMDSWMASK
+        if base == C.LNK_PING:
+            self._write(Message(C.LNK_PING | C.REPLY))
+
+    def _topLevel(self, txn: Transaction, msg: Message) -> Any:
+        if txn.icmd == C.LNK_CONN:
+            # §7.2: answer the peer's LNK_CONN with a result, keep it open.
+            self.peerConn = msg.ext  # type: ignore[assignment]
+            txn.handler = _closeOnDelete
+            if not txn.rxDelete:
+                txn.result(0)
+            self.log.info(
+                "{link}: peer LNK_CONN type={ptype} mask={mask:#x} "
+                "label={label!r}", link=self.name,
+                ptype=getattr(msg.ext, "peer_type", None),
+                mask=getattr(msg.ext, "peer_mask", 0),
+                label=getattr(msg.ext, "peer_label", ""))
+            return True
+        return self.receiver.transactionReceived(txn, msg)
+
+    def _connReply(self, txn: Transaction, msg: Message) -> None:
+        if msg.cmd & C.CREATE:
+            if msg.error == 0:
+                self.ready = True
+                self.log.info("{link}: LNK_CONN exchange complete",
+                              link=self.name)
+                self.receiver.linkReady(self)
+            else:
+                self.log.warn("{link}: peer refused our LNK_CONN: {e:#x}",
+                              link=self.name, e=msg.error)
+        if msg.cmd & C.DELETE:
+            txn.reply(0)
+
+    # ---------------------------------------------------------------
+    # Sending
+
+    def startTransaction(self, parent: Optional[Transaction], cmd: int,
+                         ext: Optional[Extension] = None,
+                         aux: Optional[BytesLike] = None,
+                         handler: Optional[Handler] = None,
+                         delete: bool = False) -> Transaction:
+        """
+        Open a transaction of ours: C{cmd} (a base command) with CREATE,
+        stacked on C{parent} (None: top level).
+
+        @raise LinkError: the link is down or the parent is not open.
+        """
+        if parent is None:
+            parent = self.root
+        if not self.connected:
+            raise LinkError("%s is not connected" % (self.name,))
+        if parent is not self.root and not parent.isOpen:
+            raise LinkError("parent %r is not open" % (parent,))
+        msgid = next(self._msgids)
+        txn = Transaction(self, msgid, parent, cmd & C.BASECMDMASK, True)
+        txn.handler = handler
+        self.tx[msgid] = txn
+        parent.children[txn] = None
+        self._sendOn(txn, cmd, ext, aux, 0, delete)
+        return txn
+
+    def _sendOn(self, txn: Transaction, cmd: int,
+                ext: Optional[Extension], aux: Optional[BytesLike],
+                error: int, delete: bool) -> None:
+        if txn.txDelete:
+            return  # §6.6 rule 1
+        cmd &= C.BASECMDMASK
+        if not txn.txCreate:
+            cmd |= C.CREATE
+            txn.txCreate = True
+        if not txn.ours:
+            cmd |= C.REPLY | C.REVTRANS
+        parent = txn.parent
+        if parent is not None and parent.msgid and not parent.ours:
+            cmd |= C.REVCIRC
+        if delete:
+            cmd |= C.DELETE
+            txn.txDelete = True
+        if not txn.dying:
+            self._write(Message(cmd, txn.msgid, txn.circuit, error, ext,
+                                aux))
+        if delete:
+            for child in list(txn.children):
+                self._abort(child, C.ERR_LOSTLINK)
+            self._maybeGone(txn)
+
+    def _write(self, msg: Message) -> None:
+        if self.connected:
+            self.messagesOut += 1
+            self.transport.writeSequence(  # type: ignore[union-attr]
+                self.encoder.encode(msg))
+
+    # ---------------------------------------------------------------
+    # Teardown
+
+    def _abort(self, txn: Transaction, error: int) -> None:
+        """
+        Fail C{txn} and its subtree locally (§6.8): a simulated
+        LNK_ERROR|DELETE through each handler; nothing is transmitted.
+        """
+        for child in list(txn.children):
+            self._abort(child, error)
+        if txn.closed:
+            return
+        txn.dying = True
+        if not txn.rxDelete:
+            cmd = C.LNK_ERROR | C.DELETE
+            if not txn.rxCreate:
+                cmd |= C.CREATE
+                txn.rxCreate = True
+            if txn.ours:
+                cmd |= C.REPLY
+            txn.rxDelete = True
+            try:
+                self._dispatch(txn, Message(cmd, txn.msgid, txn.circuit,
+                                            error))
+            except Exception:
+                self.log.failure("{link}: error failing {txn}",
+                                 link=self.name, txn=txn)
+        txn.txDelete = True
+        self._maybeGone(txn)
+
+    def _maybeGone(self, txn: Transaction) -> None:
+        if not (txn.txDelete and txn.rxDelete):
+            return
+        table = self.tx if txn.ours else self.rx
+        if table.get(txn.msgid) is txn:
+            del table[txn.msgid]
+        if txn.parent is not None:
+            txn.parent.children.pop(txn, None)
+        waiters = txn._closedWaiters
+        if waiters:
+            txn._closedWaiters = None
+            for d in waiters:
+                d.callback(txn)
+
+
+def _closeOnDelete(txn: Transaction, msg: Message) -> None:
+    if msg.cmd & C.DELETE:
+        txn.reply(0)
+
+
+def _addr(addr: Any) -> str:
+    host = getattr(addr, "host", None)
+    if host is not None:
+        return "%s:%s" % (host, getattr(addr, "port", ""))
+    name = getattr(addr, "name", None)
+    if name:
+        return name.decode() if isinstance(name, bytes) else str(name)
+    return "unix"
+
+
+class DMSGFactory(Factory):
+    """
+    Builds a L{DMSGLink} per connection for C{receiver} (an
+    L{xdiskd.interfaces.ILinkReceiver}).  Used for listeners and, through
+    ClientService, for outbound links alike.
+    """
+
+    def __init__(self, receiver: Any, name: str = "",
+                 verifyCRC: bool = True, verifySalt: bool = True) -> None:
+        self.receiver = receiver
+        self.name = name
+        self.verifyCRC = verifyCRC
+        self.verifySalt = verifySalt
+
+    def buildProtocol(self, addr: Any) -> DMSGLink:
+        link = DMSGLink(self.receiver, verifyCRC=self.verifyCRC,
+                        verifySalt=self.verifySalt)
+        if self.name:
+            link.name = "link%d(%s)" % (link.id, self.name)
+        link.factory = self
+        return link
