@@ -1,0 +1,584 @@
+"""
+The backing store of an export: positional I/O on a local regular file or
+block device.
+
+L{openStore} opens the path named by an L{ExportSpec} and returns a
+L{FileStore}, which implements L{IBackingStore}.  Every method returns a
+L{Deferred}.  The system calls run on a bounded L{ThreadPool} (see
+L{makeStorePool} and L{StorePoolService}) so that device latency never
+blocks the reactor; a store opened in I{inline} mode makes the same calls
+in the calling thread instead and returns already-fired Deferreds, which is
+cheaper for files that live in the page cache.
+
+Failures reach the caller as L{xdiskd.errors} exceptions only:
+L{MediaError} (an C{OSError} from the kernel, kept as C{__cause__}),
+L{OutOfRangeError}, L{ReadOnlyError}, and L{NotOpenError} (after
+L{FileStore.close}, or once the pool has stopped).  A store that cannot be
+opened raises L{StoreError} from L{openStore}.
+
+This module is Linux-specific: discard uses C{fallocate(2)} and the block
+device C{BLKZEROOUT} ioctl.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import stat
+import struct
+from typing import TYPE_CHECKING, Callable, Optional, TypeVar
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from xdiskd.errors import (
+    MediaError,
+    NotOpenError,
+    OutOfRangeError,
+    ReadOnlyError,
+    XDiskError,
+)
+from xdiskd.export.spec import ExportSpec
+from xdiskd.interfaces import IBackingStore
+
+if TYPE_CHECKING:
+    # PEP 688: anything exporting a buffer (bytes, bytearray, memoryview,
+    # array, mmap ...), which is what L{FileStore.write} accepts.
+    from typing_extensions import Buffer
+
+_T = TypeVar("_T")
+
+#: Threads in a store pool unless told otherwise.
+DEFAULT_POOL_THREADS = 4
+
+# fallocate(2) modes, <linux/falloc.h>.
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+
+# <linux/fs.h>: BLKSSZGET = _IO(0x12, 104), BLKZEROOUT = _IO(0x12, 127).
+BLKSSZGET = 0x1268
+BLKZEROOUT = 0x127F
+
+# Size of the zero buffer for discards the kernel cannot do for us.
+_ZERO_CHUNK = 1 << 20
+_ZEROS = bytes(_ZERO_CHUNK)
+
+# errnos meaning "this file or device cannot do that", as opposed to
+# "the medium failed": they select the next fallback, not an error.
+_UNSUPPORTED = frozenset(
+    {errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.ENOTTY, errno.EINVAL}
+)
+
+
+def _loadFallocate() -> Optional[Callable[[int, int, int, int], int]]:
+    """
+    Find C{fallocate(2)} in the C library; C{os} offers only
+    C{posix_fallocate}, which cannot punch holes.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    # fallocate64 takes a 64-bit off_t on every ABI; plain fallocate may
+    # not on 32-bit ones.
+    for name in ("fallocate64", "fallocate"):
+        func = getattr(libc, name, None)
+        if func is not None:
+            func.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+            func.restype = ctypes.c_int
+            return func  # type: ignore[no-any-return]
+    return None
+
+
+_fallocate = _loadFallocate()
+
+
+class StoreError(XDiskError):
+    """
+    A backing store could not be opened: the message names the path and
+    the reason.  This is a start-up error, raised by L{openStore}.
+    """
+
+
+def makeStorePool(threads: int = DEFAULT_POOL_THREADS, name: str = "xdiskd-store") -> ThreadPool:
+    """
+    Create (but do not start) a thread pool for store I/O.
+
+    Operations queued before L{ThreadPool.start} wait until it is called.
+    Close every store using the pool, and wait for the close Deferreds,
+    before stopping it: work still queued when the pool stops is dropped.
+
+    @param threads: The number of threads, which bounds the number of
+        system calls in progress at once.
+    @param name: The pool's name, used in thread names.
+    """
+    return ThreadPool(minthreads=threads, maxthreads=threads, name=name)
+
+
+class StorePoolService(Service):
+    """
+    Own a store thread pool's lifetime: started with the service, stopped
+    (joining its threads) with it.
+
+    @ivar pool: The L{ThreadPool} to pass to L{openStore}.
+    """
+
+    def __init__(self, threads: int = DEFAULT_POOL_THREADS) -> None:
+        self.pool = makeStorePool(threads)
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self.pool.start()
+
+    def stopService(self) -> Optional[Deferred[None]]:
+        Service.stopService(self)
+        self.pool.stop()
+        return None
+
+
+def _readFull(fd: int, offset: int, length: int) -> bytearray:
+    """
+    Read C{length} bytes at C{offset} into one new buffer.  Bytes past the
+    end of the file are left as zeros.
+    """
+    buf = bytearray(length)
+    with memoryview(buf) as view:
+        done = 0
+        while done < length:
+            n = os.preadv(fd, [view[done:]], offset + done)
+            if n == 0:
+                break
+            done += n
+    return buf
+
+
+def _writeFull(fd: int, offset: int, data: memoryview) -> None:
+    """
+    Write all of C{data} at C{offset}, resuming after short writes.
+    """
+    total = data.nbytes
+    done = 0
+    while done < total:
+        n = os.pwrite(fd, data[done:], offset + done)
+        if n == 0:
+            # Would loop forever; the kernel should have said ENOSPC.
+            raise OSError(errno.EIO, f"{os.strerror(errno.EIO)} (write made no progress)")
+        done += n
+
+
+def _writeZeros(fd: int, offset: int, length: int) -> None:
+    """
+    Overwrite a range with zeros, a chunk at a time.
+    """
+    end = offset + length
+    with memoryview(_ZEROS) as zeros:
+        while offset < end:
+            n = min(_ZERO_CHUNK, end - offset)
+            _writeFull(fd, offset, zeros[:n])
+            offset += n
+
+
+def _punchHole(fd: int, offset: int, length: int) -> None:
+    """
+    C{fallocate(fd, PUNCH_HOLE | KEEP_SIZE, offset, length)}: deallocate a
+    range of a file, or zero a range of a block device without writing.
+
+    @raise OSError: as the kernel reports; C{EOPNOTSUPP} if the file system
+        or device cannot do it (or the C library lacks fallocate).
+    """
+    if _fallocate is None:
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+    mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+    if _fallocate(fd, mode, offset, length) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def _zeroOutDevice(fd: int, offset: int, length: int) -> None:
+    """
+    C{BLKZEROOUT}: have the block layer zero a range (with a write-zeroes
+    command, or by writing zero pages itself).
+    """
+    fcntl.ioctl(fd, BLKZEROOUT, struct.pack("=QQ", offset, length))
+
+
+def _deviceSectorSize(fd: int) -> int:
+    """
+    The logical sector size of a block device (512 if unknown).
+    """
+    try:
+        buf = fcntl.ioctl(fd, BLKSSZGET, struct.pack("=i", 0))
+    except OSError:
+        return 512
+    (size,) = struct.unpack("=i", buf)
+    return size if size > 0 else 512
+
+
+def _releaseView(result: _T, view: memoryview) -> _T:
+    view.release()
+    return result
+
+
+def _describe(e: OSError) -> str:
+    name = errno.errorcode.get(e.errno or 0, "?")
+    return f"[Errno {e.errno} {name}] {e.strerror}"
+
+
+@implementer(IBackingStore)
+class FileStore:
+    """
+    An open regular file or block device, exported as one disk.
+
+    Use L{openStore} to create one.  Offsets and lengths are the caller's
+    to check; the store refuses anything outside C{[0, size)} with
+    L{OutOfRangeError} as a last line of defence.
+
+    A buffer passed to L{write} must not change until the returned
+    Deferred fires: the write may still be in progress on another thread.
+
+    @ivar path: The path opened.
+    @ivar size: The size in bytes, fixed when the store was opened.
+    @ivar readOnly: True if opened read-only; L{write} and L{discard} then
+        fail with L{ReadOnlyError}.
+    @ivar blksize: The export's block size; C{size} is a multiple of it.
+    @ivar isBlockDevice: True for a block device, False for a regular file.
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        path: str,
+        size: int,
+        readOnly: bool,
+        blksize: int,
+        isBlockDevice: bool,
+        reactor: IReactorFromThreads,
+        pool: Optional[ThreadPool],
+    ) -> None:
+        """
+        Wrap an open file descriptor; the store owns it from now on.
+
+        @param pool: The thread pool for system calls, or None for inline
+            mode (system calls in the calling thread).
+        """
+        self._fd = fd
+        self.path = path
+        self.size = size
+        self.readOnly = readOnly
+        self.blksize = blksize
+        self.isBlockDevice = isBlockDevice
+        self._reactor = reactor
+        self._pool = pool
+        self._inFlight = 0
+        self._closing = False
+        self._closeResult: Optional[Failure] = None
+        self._closed = False
+        self._closeWaiters: list[Deferred[None]] = []
+        # Cleared the first time the file system refuses to punch a hole,
+        # so later discards go straight to writing zeros.
+        self._canPunch = True
+        self._sectorSize = _deviceSectorSize(fd) if isBlockDevice else 1
+
+    def __repr__(self) -> str:
+        mode = "ro" if self.readOnly else "rw"
+        how = "inline" if self.inline else "pool"
+        return f"<FileStore {self.path!r} {self.size} bytes {mode} {how}>"
+
+    @property
+    def inline(self) -> bool:
+        """
+        True if system calls run in the calling thread (inline mode).
+        """
+        return self._pool is None
+
+    @property
+    def inFlight(self) -> int:
+        """
+        The number of operations handed to the pool and not yet finished.
+        """
+        return self._inFlight
+
+    # -- IBackingStore
+
+    def read(self, offset: int, length: int) -> Deferred[bytearray]:
+        """
+        Read C{length} bytes at C{offset}.
+
+        @return: A Deferred firing with a new C{bytearray} of exactly
+            C{length} bytes (zeros where the file has since shrunk).
+        """
+        what = f"read {length} bytes at {offset}"
+        refused = self._refuse(what, offset, length, writing=False)
+        if refused is not None:
+            return defer.fail(refused)
+        return self._run(what, _readFull, self._fd, offset, length)
+
+    def write(self, offset: int, data: Buffer) -> Deferred[None]:
+        """
+        Write C{data} (any contiguous bytes-like object) at C{offset}.
+
+        @return: A Deferred firing with None once all of C{data} is
+            written (not necessarily durable; see L{flush}).
+        """
+        try:
+            view = memoryview(data)
+            if view.itemsize != 1 or view.ndim != 1 or not view.contiguous:
+                view = view.cast("B")
+        except (TypeError, ValueError):
+            return defer.fail()
+        what = f"write {view.nbytes} bytes at {offset}"
+        refused = self._refuse(what, offset, view.nbytes, writing=True)
+        if refused is not None:
+            d: Deferred[None] = defer.fail(refused)
+        else:
+            d = self._run(what, _writeFull, self._fd, offset, view)
+        # Let the caller resize its buffer again once we are done with it.
+        return d.addBoth(_releaseView, view)
+
+    def flush(self) -> Deferred[None]:
+        """
+        C{fdatasync} the file or device.
+
+        @return: A Deferred firing with None once every write that fired
+            before this call is durable.
+        """
+        what = "flush"
+        refused = self._refuse(what, 0, 0, writing=False)
+        if refused is not None:
+            return defer.fail(refused)
+        return self._run(what, os.fdatasync, self._fd)
+
+    def discard(self, offset: int, length: int) -> Deferred[None]:
+        """
+        Discard a range; it then reads as zeros.
+
+        On a regular file this punches a hole (freeing the blocks), or
+        writes zeros if the file system cannot.  On a block device it asks
+        the device to zero the range without a data transfer (unmapping
+        where the device can), then falls back to C{BLKZEROOUT} and last to
+        writing zeros.
+
+        @return: A Deferred firing with None.
+        """
+        what = f"discard {length} bytes at {offset}"
+        refused = self._refuse(what, offset, length, writing=True)
+        if refused is not None:
+            return defer.fail(refused)
+        if self.isBlockDevice:
+            return self._run(what, self._discardDevice, offset, length)
+        return self._run(what, self._discardFile, offset, length)
+
+    def close(self) -> Deferred[None]:
+        """
+        Close the store: refuse new operations at once, then close the
+        file descriptor once the operations in progress have finished.
+        The thread pool is shared and is not stopped.
+
+        @return: A Deferred firing with None when the descriptor is closed
+            (or failing with L{MediaError} if C{close(2)} failed).  Every
+            call returns a new Deferred for the same event.
+        """
+        d: Deferred[None] = Deferred()
+        if self._closed:
+            if isinstance(self._closeResult, Failure):
+                d.errback(self._closeResult)
+            else:
+                d.callback(None)
+            return d
+        self._closeWaiters.append(d)
+        if not self._closing:
+            self._closing = True
+            if self._inFlight == 0:
+                self._closeFd()
+        return d
+
+    # -- discard strategies, run in a pool thread (or inline)
+
+    def _discardFile(self, offset: int, length: int) -> None:
+        if self._canPunch:
+            try:
+                _punchHole(self._fd, offset, length)
+                return
+            except OSError as e:
+                if e.errno not in _UNSUPPORTED:
+                    raise
+                self._canPunch = False
+        _writeZeros(self._fd, offset, length)
+
+    def _discardDevice(self, offset: int, length: int) -> None:
+        # fallocate and BLKZEROOUT want whole logical sectors: write zeros
+        # over a partial head and tail, and zero the middle in the kernel.
+        sector = self._sectorSize
+        end = offset + length
+        start = -(-offset // sector) * sector
+        stop = end // sector * sector
+        if stop <= start:
+            _writeZeros(self._fd, offset, length)
+            return
+        _writeZeros(self._fd, offset, start - offset)
+        _writeZeros(self._fd, stop, end - stop)
+        if self._canPunch:
+            try:
+                _punchHole(self._fd, start, stop - start)
+                return
+            except OSError as e:
+                if e.errno not in _UNSUPPORTED:
+                    raise
+                self._canPunch = False
+        try:
+            _zeroOutDevice(self._fd, start, stop - start)
+        except OSError as e:
+            if e.errno not in _UNSUPPORTED:
+                raise
+            _writeZeros(self._fd, start, stop - start)
+
+    # -- dispatch
+
+    def _refuse(
+        self, what: str, offset: int, length: int, writing: bool
+    ) -> Optional[XDiskError]:
+        """
+        Return the error an operation fails with before it starts, or None
+        if it may start.
+        """
+        if self._closing:
+            return NotOpenError(f"{self.path}: {what}: store is closed")
+        if writing and self.readOnly:
+            return ReadOnlyError(f"{self.path}: {what}: store is read-only")
+        if offset < 0 or length < 0 or offset + length > self.size:
+            return OutOfRangeError(
+                f"{self.path}: {what}: outside the store (size {self.size})"
+            )
+        if self._pool is not None and self._pool.joined:
+            # ThreadPool silently drops work once stopped.
+            return NotOpenError(f"{self.path}: {what}: store thread pool is stopped")
+        return None
+
+    def _call(self, what: str, f: Callable[..., _T], *args: object) -> _T:
+        """
+        Call C{f}, turning an C{OSError} into a L{MediaError}.
+        """
+        try:
+            return f(*args)
+        except OSError as e:
+            raise MediaError(f"{self.path}: {what}: {_describe(e)}") from e
+
+    def _run(self, what: str, f: Callable[..., _T], *args: object) -> Deferred[_T]:
+        """
+        Run C{f(*args)} in the pool (or inline), counted as in flight.
+        """
+        if self._pool is None:
+            try:
+                return defer.succeed(self._call(what, f, *args))
+            except Exception:
+                return defer.fail()
+        self._inFlight += 1
+        d = deferToThreadPool(self._reactor, self._pool, self._call, what, f, *args)
+        d.addBoth(self._opDone)
+        return d
+
+    def _opDone(self, result: _T) -> _T:
+        self._inFlight -= 1
+        if self._closing and self._inFlight == 0 and not self._closed:
+            self._closeFd()
+        return result
+
+    def _closeFd(self) -> None:
+        # close(2) of the last reference to a block device writes back its
+        # dirty pages, so it belongs on the pool like any other I/O.
+        if self._pool is None or not self._pool.started:
+            d = defer.maybeDeferred(self._call, "close", os.close, self._fd)
+        else:
+            d = deferToThreadPool(self._reactor, self._pool, self._call, "close", os.close, self._fd)
+        d.addBoth(self._fdClosed)
+
+    def _fdClosed(self, result: Optional[Failure]) -> None:
+        self._closed = True
+        self._closeResult = result
+        self._fd = -1
+        waiters, self._closeWaiters = self._closeWaiters, []
+        for d in waiters:
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(None)
+
+
+def openStore(
+    spec: ExportSpec,
+    reactor: IReactorFromThreads,
+    pool: Optional[ThreadPool] = None,
+    inline: bool = False,
+) -> FileStore:
+    """
+    Open the file or block device of an export.
+
+    The path is opened C{O_RDWR}, or C{O_RDONLY} for a read-only export.
+    Its size is C{st_size} for a regular file and the end offset for a
+    block device; it must be a non-zero multiple of C{spec.blksize}.
+
+    @param spec: The export.
+    @param reactor: The reactor that receives results from pool threads.
+    @param pool: The thread pool for system calls (see L{makeStorePool});
+        None selects inline mode.
+    @param inline: True to make system calls in the calling thread even if
+        a pool is given.
+    @return: The open store.
+    @raise StoreError: if the path is missing, not openable, neither a
+        regular file nor a block device, or of an unusable size.
+    """
+    path = spec.path
+
+    def refuse(reason: str) -> StoreError:
+        return StoreError(f"cannot export {path!r} (serial {spec.serial!r}): {reason}")
+
+    # Look before opening: open(2) of a FIFO would block until a writer came.
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise refuse(_describe(e)) from e
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+        raise refuse("not a regular file or block device")
+
+    flags = (os.O_RDONLY if spec.readOnly else os.O_RDWR) | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        raise refuse(_describe(e)) from e
+    try:
+        st = os.fstat(fd)
+        isBlockDevice = stat.S_ISBLK(st.st_mode)
+        if isBlockDevice:
+            size = os.lseek(fd, 0, os.SEEK_END)
+        elif stat.S_ISREG(st.st_mode):
+            size = st.st_size
+        else:
+            raise refuse("not a regular file or block device")
+        if size == 0:
+            raise refuse("size is zero")
+        if size % spec.blksize:
+            raise refuse(f"size {size} is not a multiple of blksize {spec.blksize}")
+    except OSError as e:
+        os.close(fd)
+        raise refuse(_describe(e)) from e
+    except BaseException:
+        os.close(fd)
+        raise
+    return FileStore(
+        fd,
+        path,
+        size,
+        spec.readOnly,
+        spec.blksize,
+        isBlockDevice,
+        reactor,
+        None if inline else pool,
+    )
