@@ -452,11 +452,22 @@ class DMSGLink(Protocol):
         Fail C{txn} and its subtree locally (§6.8): a simulated
         LNK_ERROR|DELETE through each handler; nothing is transmitted.
         """
+        self._markDying(txn)
+        self._failTree(txn, error)
+
+    def _markDying(self, txn: Transaction) -> None:
+        # First mark the whole subtree, so no handler can stack new work
+        # on a transaction that is about to fail.
+        if not txn.closed:
+            txn.dying = True
+        for child in txn.children:
+            self._markDying(child)
+
+    def _failTree(self, txn: Transaction, error: int) -> None:
         for child in list(txn.children):
-            self._abort(child, error)
+            self._failTree(child, error)
         if txn.closed:
             return
-        txn.dying = True
         if not txn.rxDelete:
             cmd = C.LNK_ERROR | C.DELETE
             if not txn.rxCreate:

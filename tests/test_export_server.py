@@ -1,0 +1,185 @@
+"""
+Tests for L{xdiskd.export.server}: a client-side peer built on the link
+layer opens, reads, writes, flushes, trims and closes real files.
+"""
+
+import os
+
+from twisted.trial.unittest import TestCase
+
+from xdiskd.dmsg import constants as C
+from xdiskd.dmsg.link import DMSGLink
+from xdiskd.dmsg.wire import BlkIO, BlkOpen
+from tests.dmsgpeer import RecordingReceiver, Tap
+from tests.stack import Wire, exporterNode, makeImage, readFile
+
+SIZE = 1 << 20
+
+
+class ClientPeer(RecordingReceiver):
+    """A bare link-layer client that keeps every span it is offered."""
+
+    def __init__(self):
+        RecordingReceiver.__init__(self)
+        self.spans = {}
+
+        def accept(txn, msg):
+            self.spans[msg.ext.pfs_label] = (txn, msg.ext)
+
+            def handler(t, m):
+                if m.cmd & 0x40000000:
+                    self.spans.pop(msg.ext.pfs_label, None)
+                    t.reply(0)
+            txn.handler = handler
+            txn.result(0)
+            return True
+        self.accept = accept
+
+
+class ExportServerTests(TestCase):
+    def setUp(self):
+        self.content = os.urandom(SIZE)
+        self.path = makeImage(self, fill=self.content)
+        self.roPath = makeImage(self, fill=self.content)
+        self.node = exporterNode(self, [("serno/A", self.path, False),
+                                        ("serno/RO", self.roPath, True)])
+        self.peer = ClientPeer()
+        self.wire = Wire(self.node, self.peer)
+        self.link = self.wire.client
+
+    def _span(self, serial="serno/A"):
+        return self.peer.spans[serial][0]
+
+    def _request(self, parent, cmd, offset, length, aux=None):
+        got = []
+        parent.startChild(cmd, BlkIO(offset, length), aux,
+                          handler=lambda t, m: got.append(m), delete=True)
+        self.wire.flush()
+        [reply] = got
+        return reply
+
+    def _open(self, serial="serno/A"):
+        got = []
+        o = self._span(serial).startChild(C.BLK_OPEN, BlkOpen(3),
+                                          handler=lambda t, m: got.append(m))
+        self.wire.flush()
+        self.assertEqual([(m.cmd, m.error) for m in got], [(0xA80FFF01, 0)])
+        return o
+
+    def test_spansAdvertised(self):
+        """§4.3: one BLOCK span per export, with size, blksize, labels."""
+        self.assertEqual(sorted(self.peer.spans), ["serno/A", "serno/RO"])
+        ext = self.peer.spans["serno/A"][1]
+        self.assertEqual((ext.peer_type, ext.proto_version, ext.media_bytes,
+                          ext.media_blksize, ext.peer_label),
+                         (C.PEER_BLOCK, 1, SIZE, 512, "testhost/serno/A"))
+        self.assertEqual(self.link.peerConn.peer_type, C.PEER_BLOCK)
+
+    def test_fullCycle(self):
+        """Open, read, write, flush, trim, read back, close."""
+        o = self._open()
+        r = self._request(o, C.BLK_READ, 4096, 8192)
+        self.assertEqual((r.cmd, r.error), (0xEC0FFF01, 0))
+        self.assertEqual(bytes(r.aux), self.content[4096:4096 + 8192])
+        new = os.urandom(65536)
+        r = self._request(o, C.BLK_WRITE, 65536, 65536, new)
+        self.assertEqual(r.error, 0)
+        self.assertEqual(self._request(o, C.BLK_FLUSH, 0, 0).error, 0)
+        r = self._request(o, C.BLK_READ, 65536, 65536)
+        self.assertEqual(bytes(r.aux), new)
+        self.assertEqual(self._request(o, C.BLK_FREEBLKS, 0, 65536).error, 0)
+        r = self._request(o, C.BLK_READ, 0, 65536)
+        self.assertEqual(bytes(r.aux), bytes(65536))
+        expected = bytes(65536) + new + self.content[131072:]
+        self.assertEqual(readFile(self.path), expected)
+        tap = Tap(self.wire.server)
+        o.reply(0)
+        self.wire.flush()
+        self.assertEqual([m.cmd for m in tap.messages], [0x680FFF01])
+        self.assertEqual(tap.messages[0].error, 0)
+        export = self.node.exporter.exports["serno/A"]
+        self.assertEqual(export.opens, {})
+
+    def test_probeReadOnSpan(self):
+        """Probe I/O directly on the span works; its reply has no REVCIRC."""
+        r = self._request(self._span(), C.BLK_READ, 0, 512)
+        self.assertEqual((r.cmd, r.error), (0xE80FFF01, 0))
+        self.assertEqual(bytes(r.aux), self.content[:512])
+
+    def test_refusals(self):
+        """
+        Out of range, zero-length, oversized and read-only requests get
+        0x22 and the files are unchanged.
+        """
+        o = self._open()
+        bad = [
+            (C.BLK_READ, SIZE - 512, 1024, None),
+            (C.BLK_READ, SIZE, 512, None),
+            (C.BLK_READ, 2**64 - 512, 512, None),
+            (C.BLK_READ, 0, 0, None),
+            (C.BLK_READ, 0, C.AUX_MAX + 512, None),
+            (C.BLK_WRITE, SIZE - 100, 512, b"x" * 512),
+            (C.BLK_WRITE, 0, 0, None),
+            (C.BLK_WRITE, 0, C.AUX_MAX + 64, b"y" * 64),
+            (C.BLK_FREEBLKS, SIZE - 512, 1024, None),
+        ]
+        for cmd, off, n, aux in bad:
+            r = self._request(o, cmd, off, n, aux)
+            self.assertEqual(r.error, C.ERR_IO, (hex(cmd), off, n))
+        ro = self._open("serno/RO")
+        for cmd, aux in ((C.BLK_WRITE, b"z" * 512), (C.BLK_FREEBLKS, None)):
+            r = self._request(ro, cmd, 0, 512, aux)
+            self.assertEqual(r.error, C.ERR_IO)
+        # Reads on the read-only export still work.
+        self.assertEqual(self._request(ro, C.BLK_READ, 0, 512).error, 0)
+        self.assertEqual(readFile(self.path), self.content)
+        self.assertEqual(readFile(self.roPath), self.content)
+        self.flushLoggedErrors()
+
+    def test_shortWriteZeroExtended(self):
+        """§8.3: a WRITE whose aux is shorter than bytes is zero-extended."""
+        o = self._open()
+        r = self._request(o, C.BLK_WRITE, 0, 1024, b"q" * 100)
+        self.assertEqual(r.error, 0)
+        self.assertEqual(readFile(self.path)[:1024],
+                         b"q" * 100 + bytes(924))
+
+    def test_blkCloseInsideOpen(self):
+        """§8.5: BLK_CLOSE within an open gets a NOSUPP result."""
+        o = self._open()
+        got = []
+        o.handler = lambda t, m: got.append(m)
+        o.send(C.BLK_CLOSE, BlkOpen(1))
+        self.wire.flush()
+        self.assertEqual([m.error for m in got], [C.ERR_NOSUPP])
+
+    def test_twoLinksAndWithdraw(self):
+        """Two links see the same spans; withdrawal DELETEs on both."""
+        peer2 = ClientPeer()
+        wire2 = Wire(self.node, peer2)
+        self.assertEqual(sorted(peer2.spans), ["serno/A", "serno/RO"])
+        taps = [Tap(self.wire.server), Tap(wire2.server)]
+        d = self.node.exporter.withdraw("serno/A")
+        self.wire.flush()
+        wire2.flush()
+        self.assertEqual(self.successResultOf(d), None)
+        for tap in taps:
+            self.assertEqual([m.cmd for m in tap.messages], [0x400FFF01])
+        self.assertEqual(sorted(self.peer.spans), ["serno/RO"])
+        self.assertEqual(sorted(peer2.spans), ["serno/RO"])
+
+    def test_peerVanishesMidIO(self):
+        """A peer lost mid-I/O leaves no open transactions behind."""
+        o = self._open()
+        o.startChild(C.BLK_WRITE, BlkIO(0, 512), b"w" * 512, delete=True)
+        # Deliver the write to the server but not the reply to us.
+        self.wire.pump.pump()
+        self.wire.cut()
+        export = self.node.exporter.exports["serno/A"]
+        self.assertEqual(export.opens, {})
+        self.assertEqual(export.spans, {})
+        self.assertEqual(export.inflight, 0)
+        server = self.wire.server
+        self.assertEqual((server.tx, server.rx), ({}, {}))
+        self.assertEqual(self.node.exporter.links, {})
+        self.assertEqual(export.store.inFlight, 0)

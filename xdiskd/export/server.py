@@ -1,0 +1,324 @@
+"""
+The export side: serve local stores as DMSG disks on every link.
+
+This plays the role of DragonFly's kernel disk server (subr_diskiocom.c)
+as described in spec §10: once our LNK_CONN is answered on a link, each
+export is advertised as a top-level LNK_SPAN (§4.3, §7.3); BLK_OPEN is
+accepted on the span (§8.1) and BLK_READ/WRITE/FLUSH/FREEBLKS on the open
+or directly on the span (probe I/O, §8.3), each answered with exactly one
+CREATE|DELETE|REPLY message (§8.4).
+
+Unlike the C server we check every request against the medium: anything
+reaching outside it, a READ/WRITE of zero bytes or over DMSG_AUX_MAX, or
+a write to a read-only export is answered DMSG_ERR_IO (0x22), because
+the seed's client retries forever on any other error (§9.3).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from xdiskd.dmsg import constants as C
+from xdiskd.dmsg.link import DMSGLink, LinkError, Transaction
+from xdiskd.dmsg.wire import BlkIO, LnkSpan, Message
+from xdiskd.errors import MediaError
+
+_IO_CMDS = frozenset((C.BLK_READ, C.BLK_WRITE, C.BLK_FLUSH,
+                      C.BLK_FREEBLKS))
+
+# Per-link bound on request bytes in flight (payloads held + read buffers
+# promised); beyond it we stop reading from that link.
+DEFAULT_LINK_INFLIGHT = 32 * 1024 * 1024
+
+
+class Export:
+    """
+    One exported disk: its spec, its open store and its spans.
+
+    @ivar spans: link → our LNK_SPAN transaction on that link.
+    @ivar opens: the live BLK_OPEN transactions on our spans.
+    @ivar inflight: I/O operations started on the store, not finished.
+    """
+
+    def __init__(self, spec: Any, store: Any) -> None:
+        self.spec = spec
+        self.store = store
+        self.serial: str = spec.serial
+        self.spans: Dict[DMSGLink, Transaction] = {}
+        self.opens: Dict[Transaction, None] = {}
+        self.inflight = 0
+        self.withdrawn = False
+        self.ops = 0
+        self.errors = 0
+        self._idleWaiters: List[Deferred] = []
+
+    def spanExt(self) -> LnkSpan:
+        return LnkSpan(peer_type=C.PEER_BLOCK,
+                       proto_version=C.SPAN_PROTO_1,
+                       media_bytes=self.store.size,
+                       media_blksize=self.spec.blksize,
+                       peer_label=self.spec.label,
+                       pfs_label=self.spec.serial)
+
+    def whenIdle(self) -> Deferred:
+        if self.inflight == 0:
+            return succeed(None)
+        d: Deferred = Deferred()
+        self._idleWaiters.append(d)
+        return d
+
+    def _ioDone(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0 and self._idleWaiters:
+            waiters, self._idleWaiters = self._idleWaiters, []
+            for d in waiters:
+                d.callback(None)
+
+
+class _OpenState:
+    """Per BLK_OPEN: its export and whether a refusal was logged."""
+
+    __slots__ = ("export", "roLogged")
+
+    def __init__(self, export: Export) -> None:
+        self.export = export
+        self.roLogged = False
+
+
+class _LinkState:
+    __slots__ = ("inflightBytes", "paused")
+
+    def __init__(self) -> None:
+        self.inflightBytes = 0
+        self.paused = False
+
+
+class Exporter:
+    """
+    Serves a set of L{Export}s on every DMSG link of the node.
+
+    The node (an L{xdiskd.interfaces.ILinkReceiver}) forwards
+    C{linkReady} and C{linkLost} here.
+    """
+
+    log = Logger()
+
+    def __init__(self, linkInflight: int = DEFAULT_LINK_INFLIGHT) -> None:
+        self.exports: Dict[str, Export] = {}
+        self.links: Dict[DMSGLink, _LinkState] = {}
+        self.linkInflight = linkInflight
+
+    # ---------------------------------------------------------------
+    # Exports
+
+    def add(self, spec: Any, store: Any) -> Export:
+        """Start exporting C{store} under C{spec}; advertise it at once."""
+        if spec.serial in self.exports:
+            raise ValueError("duplicate export serial %r" % (spec.serial,))
+        export = Export(spec, store)
+        self.exports[spec.serial] = export
+        self.log.info("export {serial}: {path} ({size} bytes, blksize "
+                      "{blksize}{ro})", serial=spec.serial, path=spec.path,
+                      size=store.size, blksize=spec.blksize,
+                      ro=", read-only" if spec.readOnly else "")
+        for link in list(self.links):
+            if link.ready:
+                self._advertise(export, link)
+        return export
+
+    def withdraw(self, serial: str) -> Deferred:
+        """
+        Stop exporting C{serial}: new I/O fails, in-flight I/O finishes,
+        then DELETE goes out on its span on every link and the store is
+        closed.  Fires when done.
+        """
+        export = self.exports.pop(serial)
+        export.withdrawn = True
+        self.log.info("export {serial}: withdrawing", serial=serial)
+
+        def spansGone(_: Any) -> Deferred:
+            for span in list(export.spans.values()):
+                span.reply(0)   # §7.3: 0x400FFF01
+            export.spans.clear()
+            return export.store.close()
+        return export.whenIdle().addCallback(spansGone)
+
+    def stop(self) -> Deferred:
+        """Withdraw every export (shutdown)."""
+        return DeferredList([self.withdraw(s) for s in list(self.exports)])
+
+    # ---------------------------------------------------------------
+    # Links (called by the node)
+
+    def linkMade(self, link: DMSGLink) -> None:
+        self.links[link] = _LinkState()
+
+    def linkReady(self, link: DMSGLink) -> None:
+        # §7.2 step 3: advertise once our LNK_CONN has been answered.
+        for export in list(self.exports.values()):
+            self._advertise(export, link)
+
+    def linkLost(self, link: DMSGLink) -> None:
+        self.links.pop(link, None)
+        for export in self.exports.values():
+            export.spans.pop(link, None)
+
+    def _advertise(self, export: Export, link: DMSGLink) -> None:
+        if link in export.spans or export.withdrawn:
+            return
+        try:
+            span = link.startTransaction(None, C.LNK_SPAN, export.spanExt(),
+                                         None, self._spanMessage)
+        except LinkError:
+            return
+        span.data = export
+        span.onChild = self._spanChild
+        export.spans[link] = span
+
+    def _spanMessage(self, span: Transaction, msg: Message) -> None:
+        export: Export = span.data
+        if msg.cmd & C.CREATE and msg.error:
+            self.log.warn("{link}: peer refused span {serial}: {e:#x}",
+                          link=span.link.name, serial=export.serial,
+                          e=msg.error)
+        if msg.cmd & C.DELETE:
+            # The peer closed its side (or the link died): we are done.
+            if export.spans.get(span.link) is span:
+                del export.spans[span.link]
+            span.reply(0)
+
+    def _spanChild(self, txn: Transaction, msg: Message) -> Any:
+        export: Export = txn.parent.data  # type: ignore[union-attr]
+        icmd = txn.icmd
+        if icmd == C.BLK_OPEN:
+            return self._open(export, txn, msg)
+        if icmd in _IO_CMDS:
+            return self._io(export, txn, msg, None)
+        return False
+
+    # ---------------------------------------------------------------
+    # BLK_OPEN (§8.1, §8.5)
+
+    def _open(self, export: Export, txn: Transaction, msg: Message) -> Any:
+        if export.withdrawn or export.store is None:
+            # §8.1: a result (not a return) carrying DMSG_ERR_IO.
+            txn.result(C.ERR_IO)
+            return True
+        state = _OpenState(export)
+        txn.data = state
+        txn.handler = self._openMessage
+        txn.onChild = self._openChild
+        export.opens[txn] = None
+        if txn.rxDelete:
+            self._openClosed(txn)
+        else:
+            txn.result(0)
+        return True
+
+    def _openMessage(self, txn: Transaction, msg: Message) -> None:
+        if msg.cmd & C.DELETE:
+            self._openClosed(txn)
+        elif not msg.cmd & C.REPLY:
+            # §8.5: BLK_CLOSE and other in-open messages: NOSUPP result.
+            txn.result(C.ERR_NOSUPP)
+
+    def _openClosed(self, txn: Transaction) -> None:
+        state: _OpenState = txn.data
+        state.export.opens.pop(txn, None)
+        txn.reply(0)   # §8.5: return, error 0
+
+    def _openChild(self, txn: Transaction, msg: Message) -> Any:
+        if txn.icmd not in _IO_CMDS:
+            return False
+        state: _OpenState = txn.parent.data  # type: ignore[union-attr]
+        return self._io(state.export, txn, msg, state)
+
+    # ---------------------------------------------------------------
+    # I/O (§8.3, §8.4)
+
+    def _io(self, export: Export, txn: Transaction, msg: Message,
+            state: Optional[_OpenState]) -> bool:
+        icmd = txn.icmd
+        ext = msg.ext
+        export.ops += 1
+        if not isinstance(ext, BlkIO) or export.withdrawn:
+            return self._refuse(export, txn)
+        offset = ext.offset
+        length = ext.length
+        size = export.store.size
+        if icmd == C.BLK_READ or icmd == C.BLK_WRITE:
+            if length == 0 or length > C.AUX_MAX or offset + length > size:
+                return self._refuse(export, txn)
+        elif icmd == C.BLK_FREEBLKS:
+            if offset + length > size:
+                return self._refuse(export, txn)
+        if icmd in (C.BLK_WRITE, C.BLK_FREEBLKS) and export.spec.readOnly:
+            if state is not None and not state.roLogged:
+                state.roLogged = True
+                self.log.warn("{link}: export {serial} is read-only: "
+                              "refusing writes on this open",
+                              link=txn.link.name, serial=export.serial)
+            return self._refuse(export, txn)
+        store = export.store
+        if icmd == C.BLK_READ:
+            d = store.read(offset, length)
+            held = length
+        elif icmd == C.BLK_WRITE:
+            data = msg.aux if msg.aux is not None else b""
+            if len(data) != length:
+                # §8.3: a short payload is zero-extended; a long one cut.
+                data = bytes(data[:length]).ljust(length, b"\0")
+            d = store.write(offset, data)
+            held = length
+        elif icmd == C.BLK_FLUSH:
+            d = store.flush()
+            held = 0
+        else:
+            d = store.discard(offset, length) if length else succeed(None)
+            held = 0
+        export.inflight += 1
+        link = txn.link
+        ls = self.links.get(link)
+        if ls is not None and held:
+            ls.inflightBytes += held
+            if ls.inflightBytes > self.linkInflight and not ls.paused:
+                ls.paused = True
+                link.pauseReading("export-io")
+        d.addCallbacks(self._ioOK, self._ioFailed,
+                       callbackArgs=(txn, icmd),
+                       errbackArgs=(txn, export))
+        d.addBoth(self._ioFinished, export, ls, link, held)
+        return True
+
+    def _refuse(self, export: Export, txn: Transaction) -> bool:
+        export.errors += 1
+        txn.reply(C.ERR_IO)
+        return True
+
+    def _ioOK(self, result: Any, txn: Transaction, icmd: int) -> None:
+        if icmd == C.BLK_READ:
+            txn.send(C.LNK_ERROR, aux=result, delete=True)
+        else:
+            txn.reply(0)
+
+    def _ioFailed(self, f: Failure, txn: Transaction,
+                  export: Export) -> None:
+        export.errors += 1
+        if not f.check(MediaError):
+            self.log.failure("export {serial}: unexpected I/O failure",
+                             f, serial=export.serial)
+        txn.reply(C.ERR_IO)
+
+    def _ioFinished(self, _: Any, export: Export,
+                    ls: Optional[_LinkState], link: DMSGLink,
+                    held: int) -> None:
+        export._ioDone()
+        if ls is not None and held:
+            ls.inflightBytes -= held
+            if ls.paused and ls.inflightBytes <= self.linkInflight // 2:
+                ls.paused = False
+                link.resumeReading("export-io")

@@ -1,0 +1,73 @@
+"""
+The node: the one L{ILinkReceiver} behind every DMSG link of a daemon,
+fanning link events out to the export side and the import side.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, Dict, Optional
+
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from xdiskd.dmsg import constants as C
+from xdiskd.dmsg.link import DMSGLink, Transaction
+from xdiskd.dmsg.wire import LnkConn, Message
+from xdiskd.interfaces import ILinkReceiver
+
+
+@implementer(ILinkReceiver)
+class Node:
+    """
+    @ivar exporter: an L{xdiskd.export.server.Exporter} or None.
+    @ivar importer: an L{xdiskd.xa.importer.Importer} or None.
+    @ivar links: the connected links.
+    """
+
+    log = Logger()
+
+    def __init__(self, exporter: Any = None, importer: Any = None,
+                 hostname: Optional[str] = None) -> None:
+        self.exporter = exporter
+        self.importer = importer
+        self.hostname = hostname or socket.gethostname()
+        self.links: Dict[DMSGLink, None] = {}
+
+    def localConn(self) -> LnkConn:
+        # Importer: CLIENT with mask 1<<BLOCK (§9.1); exporter: BLOCK
+        # (§10); both: BLOCK, still asking for BLOCK spans.
+        if self.exporter is not None:
+            peerType = C.PEER_BLOCK
+            label = "%s/xdiskd" % (self.hostname,)
+        else:
+            peerType = C.PEER_CLIENT
+            label = "%s/xdisk" % (self.hostname,)
+        mask = 1 << C.PEER_BLOCK
+        return LnkConn(peer_mask=mask, peer_type=peerType,
+                       proto_version=C.SPAN_PROTO_1, peer_label=label)
+
+    def linkMade(self, link: DMSGLink) -> None:
+        self.links[link] = None
+        if self.exporter is not None:
+            self.exporter.linkMade(link)
+
+    def linkReady(self, link: DMSGLink) -> None:
+        if self.exporter is not None:
+            self.exporter.linkReady(link)
+
+    def transactionReceived(self, txn: Transaction, msg: Message) -> Any:
+        if txn.icmd == C.LNK_SPAN and self.importer is not None:
+            return self.importer.spanReceived(txn, msg)
+        return False
+
+    def linkLost(self, link: DMSGLink, reason: Any) -> None:
+        self.links.pop(link, None)
+        if self.exporter is not None:
+            self.exporter.linkLost(link)
+        if self.importer is not None:
+            self.importer.linkLost(link)
+
+    def detach(self, link: DMSGLink) -> None:
+        """Drop a link (the seed's unimplemented XDISKIOCDETACH)."""
+        link.close("detached")
