@@ -1,0 +1,369 @@
+"""
+Tests for the import side (L{xdiskd.xa}): units from spans, the tag pool,
+the seed's completion rules, failover and teardown, against the real
+export side over in-memory links.
+"""
+
+import os
+
+from twisted.trial.unittest import TestCase
+from zope.interface.verify import verifyObject
+
+from xdiskd.dmsg import constants as C
+from xdiskd.dmsg.wire import LnkSpan
+from xdiskd.errors import MediaError, NoPathError, OutOfRangeError
+from xdiskd.export.server import Exporter
+from xdiskd.interfaces import IBlockDevice, IBlockDeviceRegistry
+from xdiskd.xa.importer import unitKey
+from tests.dmsgpeer import Tap
+from tests.stack import (
+    Wire, exporterNode, importerNode, makeImage, readFile, run)
+
+SIZE = 4 << 20
+
+
+class Base(TestCase):
+    def setUp(self):
+        self.content = bytearray(os.urandom(SIZE))
+        self.path = makeImage(self, fill=bytes(self.content))
+        self.exp = exporterNode(self, [("serno/A", self.path, False)])
+        self.imp, self.clock = importerNode()
+        self.importer = self.imp.importer
+        self.wire = Wire(self.exp, self.imp)
+        self.wires = [self.wire]
+
+    def unit(self, name="xa0"):
+        return self.importer.lookup(name)
+
+    def wait(self, d):
+        return run(self.wires, d)
+
+    def openUnit(self):
+        u = self.unit()
+        self.wait(u.open())
+        self.assertEqual(u.state, "open")
+        return u
+
+
+class UnitCreationTests(Base):
+    def test_unitFromSpan(self):
+        """A span creates xa0 with the span's size, sector and serial."""
+        u = self.unit()
+        verifyObject(IBlockDevice, u)
+        verifyObject(IBlockDeviceRegistry, self.importer)
+        self.assertEqual((u.name, u.serial, u.size, u.sectorSize),
+                         ("xa0", "serno/A", SIZE, 512))
+        self.assertIs(self.importer.lookup("serno/A"), u)
+        self.assertEqual(len(u.paths), 1)
+
+    def test_importerLnkConn(self):
+        """§9.1: importer LNK_CONN is CLIENT with mask 1<<BLOCK."""
+        conn = self.wire.server.peerConn
+        self.assertEqual((conn.peer_type, conn.peer_mask, conn.peer_label),
+                         (C.PEER_CLIENT, 4, "importer/xdisk"))
+
+    def test_secondSpanSameLabel(self):
+        """A second span with the same label is a second path."""
+        Wire(self.exp, self.imp)
+        self.assertEqual(len(self.importer.units), 1)
+        self.assertEqual(len(self.unit().paths), 2)
+
+    def test_labelTruncation(self):
+        """Labels are compared on their first 63 bytes."""
+        self.assertEqual(unitKey("a" * 70), "a" * 63)
+        self.assertEqual(unitKey("é" * 40).encode("utf-8",
+                                                  "surrogateescape"),
+                         ("é" * 40).encode()[:63])
+
+    def test_degenerateSpanIgnored(self):
+        """A CREATE|DELETE span gets a return and makes no unit."""
+        link = self.wire.server
+        tap = Tap(self.wire.client)
+        link.startTransaction(None, C.LNK_SPAN, LnkSpan(pfs_label="x"),
+                              delete=True)
+        self.wire.flush()
+        self.assertEqual(len(self.importer.units), 1)
+        self.assertEqual([m.cmd for m in tap.messages], [0xE80FFF01])
+
+
+class IOTests(Base):
+    def test_readWrite(self):
+        u = self.openUnit()
+        data = os.urandom(10000)
+        self.wait(u.write(12345, data))
+        self.assertEqual(bytes(self.wait(u.read(12345, 10000))), data)
+        self.wait(u.flush())
+        self.wait(u.trim(0, 4096))
+        self.assertEqual(bytes(self.wait(u.read(0, 4096))), bytes(4096))
+        self.wait(u.close())
+        self.assertEqual(u.state, "closed")
+        self.content[12345:22345] = data
+        self.content[0:4096] = bytes(4096)
+        self.assertEqual(readFile(self.path), bytes(self.content))
+
+    def test_outOfRange(self):
+        u = self.openUnit()
+        self.failureResultOf(u.read(SIZE - 10, 20), OutOfRangeError)
+        self.failureResultOf(u.write(-1, b"x"), OutOfRangeError)
+
+    def test_200Concurrent(self):
+        """
+        200 concurrent requests: never more than 63 I/O transactions on
+        the wire, issued FIFO, all complete with correct data.
+        """
+        u = self.openUnit()
+        issued = []
+        maxInflight = [0]
+        orig = u._issue
+
+        def spy(parent, chunk):
+            issued.append(chunk.offset)
+            ok = orig(parent, chunk)
+            maxInflight[0] = max(maxInflight[0], len(u.inflight))
+            return ok
+        u._issue = spy
+        ds = [u.read(i * 4096, 4096) for i in range(200)]
+        self.assertEqual(len(u.inflight), 63)
+        self.assertEqual(len(u.queue), 137)
+        results = [self.wait(d) for d in ds]
+        self.assertEqual(maxInflight[0], 63)
+        self.assertEqual(issued, [i * 4096 for i in range(200)])
+        for i, r in enumerate(results):
+            self.assertEqual(bytes(r),
+                             bytes(self.content[i * 4096:(i + 1) * 4096]))
+
+    def test_splitRead(self):
+        """A 1 MiB read is 8 chunks of 128 KiB, reassembled."""
+        u = self.openUnit()
+        d = u.read(4096, 1 << 20)
+        self.assertEqual(len(u.inflight), 8)
+        self.assertEqual(bytes(self.wait(d)),
+                         bytes(self.content[4096:4096 + (1 << 20)]))
+
+    def test_splitWrite(self):
+        u = self.openUnit()
+        data = os.urandom(1 << 20)
+        self.wait(u.write(0, data))
+        self.assertEqual(readFile(self.path)[:1 << 20], data)
+
+    def _failChunk(self, offset, error, times=1):
+        """Make the exporter answer the I/O at C{offset} with C{error}."""
+        exporter = self.exp.exporter
+        orig = exporter._io
+        left = [times]
+
+        def io(export, txn, msg, state):
+            if msg.ext.offset == offset and left[0]:
+                left[0] -= 1
+                txn.reply(error)
+                return True
+            return orig(export, txn, msg, state)
+        exporter._io = io
+
+    def test_splitReadOneChunkIOError(self):
+        """One chunk failing 0x22 fails the whole split read."""
+        u = self.openUnit()
+        self._failChunk(3 * 131072, C.ERR_IO)
+        d = u.read(0, 1 << 20)
+        self.assertRaises(MediaError, self.wait, d)
+        self.assertEqual(u.stats.errors, 1)
+
+    def test_splitReadOneChunkLostLink(self):
+        """One chunk failing LOSTLINK is retried; the read succeeds."""
+        u = self.openUnit()
+        self._failChunk(3 * 131072, C.ERR_LOSTLINK)
+        d = u.read(0, 1 << 20)
+        self.assertEqual(bytes(self.wait(d)), bytes(self.content[:1 << 20]))
+        self.assertEqual(u.stats.retries, 1)
+
+    def test_otherErrorRequeuedWithBackoff(self):
+        """Errors other than 0x22 re-queue (seed rule), after a delay."""
+        u = self.openUnit()
+        self._failChunk(0, C.ERR_PARAM, times=3)
+        d = u.read(0, 512)
+        for _ in range(10):
+            self.wire.flush()
+            self.clock.advance(1)
+        self.assertEqual(bytes(self.successResultOf(d)),
+                         bytes(self.content[:512]))
+        self.assertEqual(u.stats.retries, 3)
+
+    def test_shortReadZeroExtended(self):
+        """§8.4: short read data is zero-extended."""
+        u = self.openUnit()
+        exporter = self.exp.exporter
+        orig = exporter._ioOK
+
+        def short(result, txn, icmd):
+            return orig(bytes(result[:100]), txn, icmd)
+        exporter._ioOK = short
+        r = self.wait(u.read(0, 512))
+        self.assertEqual(bytes(r), bytes(self.content[:100]) + bytes(412))
+
+    def test_flushBarrier(self):
+        """A flush is not sent while earlier writes are in flight."""
+        u = self.openUnit()
+        order = []
+        orig = u._issue
+
+        def spy(parent, chunk):
+            order.append((chunk.cmd, len(u.inflight)))
+            return orig(parent, chunk)
+        u._issue = spy
+        ds = [u.write(i * 512, b"x" * 512) for i in range(3)]
+        ds.append(u.flush())
+        ds.append(u.write(4096, b"y" * 512))
+        self.assertEqual([c for c, _ in order], [C.BLK_WRITE] * 3)
+        for d in ds:
+            self.wait(d)
+        self.assertEqual(order[3], (C.BLK_FLUSH, 0))
+        self.assertEqual(order[4][0], C.BLK_WRITE)
+
+
+class PathTests(Base):
+    def test_probeNoSpanFails(self):
+        """Probe I/O with no live span fails at once with NoPathError."""
+        u = self.unit()
+        self.wire.cut()
+        f = self.failureResultOf(u.read(0, 512), NoPathError)
+        self.assertIn("no live path", f.getErrorMessage())
+
+    def test_probeLostLinkFails(self):
+        """Probe I/O (unit not open) fails on a lost link."""
+        u = self.unit()
+        d = u.read(0, 512)
+        self.wire.kill()
+        self.failureResultOf(d, NoPathError)
+
+    def test_openNoSpanFails(self):
+        u = self.unit()
+        self.wire.cut()
+        self.failureResultOf(u.open(), NoPathError)
+        self.assertEqual(u.opencnt, 0)
+
+    def test_killAndReconnectMidWriteStream(self):
+        """
+        The link dies mid-stream of writes; on reconnect every write
+        completes exactly once and the file holds the expected bytes.
+        """
+        u = self.openUnit()
+        expected = bytearray(self.content)
+        ds = []
+        for i in range(300):
+            data = os.urandom(4096)
+            off = (i * 7919 * 512) % (SIZE - 4096)
+            expected[off:off + 4096] = data
+            ds.append(u.write(off, data))
+        done = []
+        for d in ds:
+            d.addBoth(done.append)
+        for _ in range(3):
+            self.wire.pump.pump()
+        self.assertLess(len(done), 300)
+        self.wire.cut()
+        self.assertEqual(u.state, "stalled")
+        self.assertEqual(len(u.inflight), 0)
+        self.assertTrue(u.stats.retries > 0)
+        self.assertLess(len(done), 300)
+        # Reconnect: the exporter re-advertises, I/O resumes.
+        self.wires.append(Wire(self.exp, self.imp))
+        for w in self.wires:
+            w.flush()
+        self.assertEqual(len(done), 300)
+        self.assertEqual([r for r in done if r is not None], [])
+        self.assertEqual(readFile(self.path), bytes(expected))
+        self.assertEqual(u.state, "open")
+
+    def test_twoPathsDropOne(self):
+        """Two paths; dropping the one in use moves I/O to the other."""
+        w2 = Wire(self.exp, self.imp)
+        self.wires.append(w2)
+        u = self.openUnit()
+        self.assertIs(u.openTxn.link, self.wire.client)
+        ds = [u.read(i * 4096, 4096) for i in range(100)]
+        self.wire.pump.pump()
+        self.wire.cut()
+        self.assertEqual(u.state, "opening")
+        self.assertIs(u.openTxn.link, w2.client)
+        for i, d in enumerate(ds):
+            self.assertEqual(bytes(self.wait(d)),
+                             bytes(self.content[i * 4096:(i + 1) * 4096]))
+        self.assertEqual(u.stats.failovers, 1)
+        self.assertEqual(u.stats.errors, 0)
+
+    def test_spanWithdrawnFailover(self):
+        """Withdrawing one of two spans fails the open over."""
+        path2 = self.path
+        exp2 = exporterNode(self, [("serno/A", path2, False)])
+        w2 = Wire(exp2, self.imp)
+        self.wires.append(w2)
+        u = self.openUnit()
+        d = self.exp.exporter.withdraw("serno/A")
+        self.wait(d)
+        self.wire.flush()
+        self.assertEqual([s.link for s in u.spans], [w2.client])
+        r = self.wait(u.read(0, 512))
+        self.assertEqual(bytes(r), bytes(self.content[:512]))
+
+    def test_closeWaitsForServerDelete(self):
+        u = self.openUnit()
+        tap = Tap(self.wire.client)
+        d = u.close()
+        self.assertNoResult(d)
+        self.assertEqual(u.state, "closing")
+        self.wire.flush()
+        self.successResultOf(d)
+        self.assertEqual([m.cmd for m in tap.messages], [0x440FFF01])
+
+    def test_stalledOpenCountsWithoutPath(self):
+        """A second open of a stalled unit succeeds; I/O waits."""
+        u = self.openUnit()
+        self.wire.cut()
+        self.successResultOf(u.open())
+        d = u.read(0, 512)
+        self.assertNoResult(d)
+        self.wires.append(Wire(self.exp, self.imp))
+        self.assertEqual(bytes(self.wait(d)), bytes(self.content[:512]))
+
+
+class TeardownTests(Base):
+    def test_lingerAndNumbering(self):
+        """
+        Units with no spans, opens or I/O are torn down after the linger
+        period; their numbers are reused lowest first.
+        """
+        path2 = makeImage(self)
+        path3 = makeImage(self)
+        exp2 = exporterNode(self, [("serno/B", path2, False)])
+        w2 = Wire(exp2, self.imp)
+        self.assertEqual([u.name for u in self.importer.devices()],
+                         ["xa0", "xa1"])
+        self.wire.cut()
+        w2.cut()
+        self.clock.advance(59)
+        self.assertEqual(len(self.importer.units), 2)
+        self.clock.advance(2)
+        self.assertEqual(self.importer.units, {})
+        exp3 = exporterNode(self, [("serno/C", path3, False)])
+        Wire(exp3, self.imp)
+        Wire(self.exp, self.imp)
+        self.assertEqual(sorted((u.name, u.serial)
+                                for u in self.importer.devices()),
+                         [("xa0", "serno/C"), ("xa1", "serno/A")])
+
+    def test_openUnitNotTornDown(self):
+        u = self.openUnit()
+        self.wire.cut()
+        self.clock.advance(3600)
+        self.assertIs(self.importer.lookup("xa0"), u)
+        self.wait(u.close())
+        self.clock.advance(61)
+        self.assertIsNone(self.importer.lookup("xa0"))
+
+    def test_spanReturnCancelsLinger(self):
+        u = self.unit()
+        self.wire.cut()
+        self.clock.advance(30)
+        self.wires.append(Wire(self.exp, self.imp))
+        self.clock.advance(100)
+        self.assertIs(self.importer.lookup("xa0"), u)

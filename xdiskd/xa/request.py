@@ -1,0 +1,162 @@
+"""
+I/O requests of an xa unit: what the seed calls a bio, and the split of a
+large request into per-tag chunks.
+
+A L{Request} is one user-visible operation with one Deferred.  It is made
+of one or more L{Chunk}s, each small enough for one DMSG I/O transaction
+(one tag).  The request succeeds when every chunk has; it fails, once
+every chunk has finished, with the first chunk failure: a split request
+succeeds or fails as a whole.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.python.failure import Failure
+
+from xdiskd.dmsg import constants as C
+
+OP_NAMES = {C.BLK_READ: "read", C.BLK_WRITE: "write", C.BLK_FLUSH: "flush",
+            C.BLK_FREEBLKS: "trim"}
+
+
+class Chunk:
+    """
+    One DMSG I/O: a slice of a L{Request}.
+
+    @ivar seq: position in the unit's issue order; re-queued chunks are
+        put back in this order so a flush is never reordered ahead of
+        writes issued before it.
+    @ivar notBefore: earliest re-issue time after a non-LOSTLINK error.
+    """
+
+    __slots__ = ("request", "cmd", "offset", "length", "data", "seq",
+                 "retries", "notBefore", "txn", "started", "index")
+
+    def __init__(self, request: "Request", cmd: int, offset: int,
+                 length: int, data: Any, index: int) -> None:
+        self.request = request
+        self.cmd = cmd
+        self.offset = offset
+        self.length = length
+        self.data = data
+        self.index = index
+        self.seq = 0
+        self.retries = 0
+        self.notBefore = 0.0
+        self.txn: Any = None
+        self.started = 0.0
+
+    def __lt__(self, other: "Chunk") -> bool:
+        return self.seq < other.seq
+
+    def __repr__(self) -> str:
+        return "<Chunk %s seq=%d off=%d len=%d>" % (
+            OP_NAMES.get(self.cmd, self.cmd), self.seq, self.offset,
+            self.length)
+
+
+class Request:
+    """
+    One operation on a unit: read, write, flush or trim.
+
+    @ivar probe: fail instead of waiting when no path exists (the seed's
+        B_FAILONDIS): set for I/O issued while the unit is not open.
+    @ivar buffer: for a split read, the assembled result.
+    """
+
+    __slots__ = ("unit", "cmd", "offset", "length", "probe", "deferred",
+                 "chunks", "pending", "failure", "buffer", "result",
+                 "started", "cancelled")
+
+    def __init__(self, unit: Any, cmd: int, offset: int, length: int,
+                 probe: bool) -> None:
+        self.unit = unit
+        self.cmd = cmd
+        self.offset = offset
+        self.length = length
+        self.probe = probe
+        self.deferred: Deferred = Deferred(self._cancel)
+        self.chunks: List[Chunk] = []
+        self.pending = 0
+        self.failure: Optional[Failure] = None
+        self.buffer: Optional[bytearray] = None
+        self.result: Any = None
+        self.started = 0.0
+        self.cancelled = False
+
+    def split(self, data: Any, maxIO: int) -> List[Chunk]:
+        """Cut this request into chunks of at most C{maxIO} bytes."""
+        cmd = self.cmd
+        if cmd == C.BLK_FLUSH or self.length <= maxIO:
+            self.chunks = [Chunk(self, cmd, self.offset, self.length, data,
+                                 0)]
+        else:
+            view = memoryview(data) if data is not None else None
+            if cmd == C.BLK_READ:
+                self.buffer = bytearray(self.length)
+            chunks = []
+            pos = 0
+            i = 0
+            while pos < self.length:
+                n = min(maxIO, self.length - pos)
+                piece = view[pos:pos + n] if view is not None else None
+                chunks.append(Chunk(self, cmd, self.offset + pos, n, piece,
+                                    i))
+                pos += n
+                i += 1
+            self.chunks = chunks
+        self.pending = len(self.chunks)
+        return self.chunks
+
+    def chunkDone(self, chunk: Chunk, data: Any) -> None:
+        """A chunk completed; C{data} is its read payload (or None)."""
+        if self.cmd == C.BLK_READ:
+            n = chunk.length
+            have = 0 if data is None else len(data)
+            if self.buffer is not None:
+                start = chunk.offset - self.offset
+                if have >= n:
+                    self.buffer[start:start + n] = memoryview(data)[:n]
+                else:
+                    if have:
+                        self.buffer[start:start + have] = data
+                    # §8.4: zero-extend short data (buffer starts zeroed,
+                    # but a re-issued chunk may land on old bytes).
+                    self.buffer[start + have:start + n] = bytes(n - have)
+            elif have == n:
+                self.result = data
+            elif have > n:
+                self.result = memoryview(data)[:n]
+            else:
+                self.result = (bytes(data) if have else b"") + bytes(n - have)
+        self._settle()
+
+    def chunkFailed(self, chunk: Chunk, failure: Failure) -> None:
+        if self.failure is None:
+            self.failure = failure
+        self._settle()
+
+    def _settle(self) -> None:
+        self.pending -= 1
+        if self.pending:
+            return
+        self.unit._requestDone(self)
+        if self.cancelled:
+            return
+        if self.failure is not None:
+            self.deferred.errback(self.failure)
+        elif self.cmd == C.BLK_READ:
+            self.deferred.callback(self.buffer if self.buffer is not None
+                                   else self.result)
+        else:
+            self.deferred.callback(None)
+
+    def _cancel(self, d: Deferred) -> None:
+        # Only chunks not yet on the wire can be withdrawn; the unit
+        # decides.  The Deferred fails with CancelledError at once.
+        self.cancelled = True
+        self.unit._cancel(self)
+        d.errback(Failure(CancelledError()))

@@ -1,0 +1,513 @@
+"""
+An xa unit: one remote disk, reached through one or more spans (paths),
+with the seed's BLK state machine (xdisk.c: xa_open, xa_close, xa_start,
+xa_done, xa_release, xa_sync_completion, xa_bio_completion,
+xa_restart_deferred) rebuilt on Deferreds.
+
+Open life cycle (C{state}), each transition in one place below:
+
+  CLOSED   --open()----------------> OPENING  (BLK_OPEN sent on first live span)
+  OPENING  --result 0--------------> OPEN     (queued I/O restarted)
+  OPENING  --error / lost----------> CLOSED   (first open fails the caller)
+                                     or STALLED (re-open: unit already open)
+  OPEN     --open txn lost---------> STALLED  (I/O re-queued; re-open at once
+                                               on another live span, or when
+                                               a span appears)
+  STALLED  --span available--------> OPENING
+  OPEN     --last close()----------> CLOSING  (return sent, wait for DELETE)
+  CLOSING  --server's DELETE-------> CLOSED
+
+Tags: C{maxTags} per unit (MAXTAGS, 64).  While an open exists it holds
+one, so at most 63 I/O transactions are on the wire; the rest of the
+requests wait in C{queue}, FIFO by sequence number.  A tag is owned by an
+in-flight chunk from the moment its transaction is sent until its single
+reply (or simulated LOSTLINK) arrives.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections import deque
+from typing import Any, Deque, Dict, List, Optional
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from xdiskd.dmsg import constants as C
+from xdiskd.dmsg.link import LinkError, Transaction
+from xdiskd.dmsg.wire import BlkIO, BlkOpen, Message
+from xdiskd.errors import (
+    MediaError, NoPathError, NotOpenError, OutOfRangeError, ReadOnlyError,
+    UnitGoneError)
+from xdiskd.interfaces import IBlockDevice
+from xdiskd.xa.request import Chunk, Request
+from xdiskd.xa.stats import UnitStats
+
+MAXTAGS = 64
+DEFAULT_MAX_IO = 131072          # DragonFly MAXPHYS
+TRIM_CHUNK = 1 << 30             # FREEBLKS length is a u32
+
+CLOSED = "closed"
+OPENING = "opening"
+OPEN = "open"
+STALLED = "stalled"
+CLOSING = "closing"
+
+_OPEN_RETRY = 1.0                 # seconds between failed re-open attempts
+
+
+def _live(span: Transaction) -> bool:
+    """A span we may stack on: open both ways, link up."""
+    return span.isOpen and span.link.connected
+
+
+@implementer(IBlockDevice)
+class XAUnit:
+    """
+    One remote disk (see the module docstring for the state machine).
+
+    @ivar spans: the span transactions for this label, arrival order.
+    @ivar openTxn: our BLK_OPEN transaction (the seed's open_tag).
+    """
+
+    log = Logger()
+
+    def __init__(self, importer: Any, number: int, serial: str,
+                 peerLabel: str, size: int, sectorSize: int,
+                 maxIO: int = DEFAULT_MAX_IO, maxTags: int = MAXTAGS,
+                 readOnly: bool = False) -> None:
+        self.importer = importer
+        self.reactor = importer.reactor
+        self.number = number
+        self.name = "xa%d" % (number,)
+        self.serial = serial
+        self.peerLabel = peerLabel
+        self.size = size
+        self.sectorSize = sectorSize or 1
+        self.maxIO = maxIO
+        self.maxTags = maxTags
+        self.readOnly = readOnly
+        self.spans: List[Transaction] = []
+        self.state = CLOSED
+        self.opencnt = 0
+        self.openTxn: Optional[Transaction] = None
+        self.queue: Deque[Chunk] = deque()
+        self.inflight: Dict[Transaction, Chunk] = {}
+        self.requests: Dict[Request, None] = {}
+        self.stats = UnitStats()
+        self.gone = False
+        self._seq = 0
+        self._openWaiters: List[Deferred] = []
+        self._closeWaiters: List[Deferred] = []
+        self._retryCall: Any = None
+        self._kickCall: Any = None
+        self._closingTxn: Optional[Transaction] = None
+        self._stalledSince: Optional[float] = None
+
+    def __repr__(self) -> str:
+        return "<XAUnit %s serial=%r %s opencnt=%d spans=%d q=%d f=%d>" % (
+            self.name, self.serial, self.state, self.opencnt,
+            len(self.spans), len(self.queue), len(self.inflight))
+
+    @property
+    def paths(self) -> List[str]:
+        """The links this unit's live spans arrive on."""
+        return [s.link.name for s in self.spans if _live(s)]
+
+    @property
+    def idle(self) -> bool:
+        """No spans, no opens, no I/O: a candidate for teardown."""
+        return (not self.spans and self.opencnt == 0 and not self.queue
+                and not self.inflight and self.state == CLOSED)
+
+    # ---------------------------------------------------------------
+    # Paths (called by the importer)
+
+    def spanAdded(self, span: Transaction) -> None:
+        self.spans.append(span)
+        self.log.info("{unit}: path added via {link} ({n} paths)",
+                      unit=self.name, link=span.link.name,
+                      n=len(self.spans))
+        # §9.2: a unit open but without an open transaction re-opens on
+        # the new span and restarts queued I/O.
+        if self.state == STALLED:
+            self._startOpen()
+        else:
+            self._kick()
+
+    def spanRemoved(self, span: Transaction) -> None:
+        if span in self.spans:
+            self.spans.remove(span)
+        self.log.info("{unit}: path via {link} gone ({n} left)",
+                      unit=self.name, link=span.link.name,
+                      n=len(self.spans))
+        if self.state == STALLED:
+            self._startOpen()
+
+    def _firstLiveSpan(self) -> Optional[Transaction]:
+        for span in self.spans:
+            if _live(span):
+                return span
+        return None
+
+    # ---------------------------------------------------------------
+    # Open / close
+
+    def open(self) -> Deferred:
+        """
+        Count an open.  The first sends BLK_OPEN on the first live span
+        and fires when the server answers (xa_open); later ones count at
+        once, even while the unit is stalled without a path.
+        """
+        if self.gone:
+            return fail(UnitGoneError("%s is gone" % (self.name,)))
+        self.importer._touch(self)
+        self.opencnt += 1
+        if self.opencnt > 1 and self.state != OPENING:
+            return succeed(None)
+        d: Deferred = Deferred()
+        self._openWaiters.append(d)
+        if self.state in (CLOSED, CLOSING):
+            if self.state == CLOSING:
+                # Re-open while the old open drains: it is forgotten; a
+                # new BLK_OPEN goes out now.
+                self.openTxn = None
+            self._startOpen()
+        return d
+
+    def close(self) -> Deferred:
+        """
+        Drop an open.  The last closes the BLK_OPEN transaction (a return,
+        §8.5) and fires when the server's DELETE arrived.
+        """
+        if self.opencnt <= 0:
+            return fail(NotOpenError("%s is not open" % (self.name,)))
+        self.opencnt -= 1
+        if self.opencnt:
+            return succeed(None)
+        self._cancelRetry()
+        # Requests that cannot be issued without an open fail now.
+        self._failQueued(NotOpenError("%s closed" % (self.name,)))
+        txn = self.openTxn
+        self.openTxn = None
+        d: Deferred = Deferred()
+        if txn is None or txn.closed:
+            self._setState(CLOSED)
+            self._stalledEnd()
+            self.importer._check(self)
+            d.callback(None)
+            return d
+        self._setState(CLOSING)
+        self._closingTxn = txn
+        self._closeWaiters.append(d)
+        txn.reply(0)             # 0x440FFF01; the server answers DELETE
+        return d
+
+    def _startOpen(self) -> None:
+        """xa_restart_deferred: issue BLK_OPEN on the first live span."""
+        self._cancelRetry()
+        span = self._firstLiveSpan()
+        if span is None:
+            if self.opencnt and self._openWaiters and self.state in (
+                    CLOSED, CLOSING):
+                # First open with no path: fail the caller (ENXIO).
+                self.opencnt -= len(self._openWaiters)
+                self._setState(CLOSED)
+                self._fireOpen(NoPathError(
+                    "%s (%s) has no live path" % (self.name, self.serial)))
+                self.importer._check(self)
+            else:
+                self._stall()
+            return
+        modes = C.BLKOPEN_RD if self.readOnly else (
+            C.BLKOPEN_RD | C.BLKOPEN_WR)
+        try:
+            txn = span.startChild(C.BLK_OPEN, BlkOpen(modes),
+                                  handler=self._openMessage)
+        except LinkError:
+            self._stall()
+            return
+        self.openTxn = txn
+        self._setState(OPENING)
+
+    def _openMessage(self, txn: Transaction, msg: Message) -> None:
+        """xa_sync_completion: replies on our BLK_OPEN transaction."""
+        current = txn is self.openTxn
+        if msg.cmd & C.CREATE and current:
+            if msg.error == 0:
+                self._setState(OPEN)
+                self._stalledEnd()
+                self.log.info("{unit}: open via {link}", unit=self.name,
+                              link=txn.link.name)
+                self._fireOpen(None)
+                self._kick()
+            else:
+                self.log.warn("{unit}: BLK_OPEN via {link} refused: "
+                              "{e:#x}", unit=self.name,
+                              link=txn.link.name, e=msg.error)
+                self.openTxn = None
+                txn.reply(0)
+                self._openFailed(msg.error)
+        if msg.cmd & C.DELETE:
+            txn.reply(0)
+            if txn is self.openTxn:
+                # Lost open (span withdrawn, link lost, server closed it):
+                # its I/O was failed with LOSTLINK and re-queued already.
+                self.openTxn = None
+                if self.state == OPENING:
+                    self._openFailed(msg.error or C.ERR_LOSTLINK)
+                elif self.state == OPEN:
+                    self.stats.failovers += 1
+                    self.log.info("{unit}: open via {link} lost ({e:#x}); "
+                                  "re-opening", unit=self.name,
+                                  link=txn.link.name, e=msg.error)
+                    self._setState(STALLED)
+                    self._startOpen()
+            elif txn is self._closingTxn:
+                # §8.5: the server's DELETE completes our close.
+                self._closingTxn = None
+                if self.state == CLOSING:
+                    self._setState(CLOSED)
+                    self._stalledEnd()
+                waiters, self._closeWaiters = self._closeWaiters, []
+                for d in waiters:
+                    d.callback(None)
+                self.importer._check(self)
+
+    def _openFailed(self, error: int) -> None:
+        if error == C.ERR_LOSTLINK and self._firstLiveSpan() is not None:
+            # That path died while opening: try the next one at once.
+            self._startOpen()
+            return
+        if self._openWaiters and self.opencnt <= len(self._openWaiters):
+            # Nobody had the unit open before: fail the open() calls.
+            self.opencnt -= len(self._openWaiters)
+            self._setState(CLOSED)
+            self._fireOpen(NoPathError(
+                "%s (%s): BLK_OPEN failed with error %#x" % (
+                    self.name, self.serial, error)))
+            self._failQueued(NotOpenError("%s not open" % (self.name,)))
+            self.importer._check(self)
+        else:
+            # Re-open after failover failed: try again later.
+            self._stall()
+            self._retryCall = self.reactor.callLater(_OPEN_RETRY,
+                                                     self._retryOpen)
+
+    def _retryOpen(self) -> None:
+        self._retryCall = None
+        if self.state == STALLED:
+            self._startOpen()
+
+    def _cancelRetry(self) -> None:
+        if self._retryCall is not None and self._retryCall.active():
+            self._retryCall.cancel()
+        self._retryCall = None
+
+    def _stall(self) -> None:
+        self._setState(STALLED)
+        if self._stalledSince is None:
+            self._stalledSince = self.reactor.seconds()
+            self.stats.stalls += 1
+
+    def _stalledEnd(self) -> None:
+        if self._stalledSince is not None:
+            stalled = self.reactor.seconds() - self._stalledSince
+            self.stats.maxStall = max(self.stats.maxStall, stalled)
+            self._stalledSince = None
+
+    def _fireOpen(self, error: Optional[Exception]) -> None:
+        waiters, self._openWaiters = self._openWaiters, []
+        for d in waiters:
+            if error is None:
+                d.callback(None)
+            else:
+                d.errback(Failure(error))
+
+    def _setState(self, state: str) -> None:
+        self.state = state
+
+    # ---------------------------------------------------------------
+    # I/O entry points (IBlockDevice)
+
+    def read(self, offset: int, length: int) -> Deferred:
+        return self._submit(C.BLK_READ, offset, length, None)
+
+    def write(self, offset: int, data: Any) -> Deferred:
+        if self.readOnly:
+            return fail(ReadOnlyError("%s is read-only" % (self.name,)))
+        return self._submit(C.BLK_WRITE, offset, len(data), data)
+
+    def flush(self) -> Deferred:
+        return self._submit(C.BLK_FLUSH, 0, 0, None)
+
+    def trim(self, offset: int, length: int) -> Deferred:
+        if self.readOnly:
+            return fail(ReadOnlyError("%s is read-only" % (self.name,)))
+        return self._submit(C.BLK_FREEBLKS, offset, length, None)
+
+    def _submit(self, cmd: int, offset: int, length: int,
+                data: Any) -> Deferred:
+        if self.gone:
+            return fail(UnitGoneError("%s is gone" % (self.name,)))
+        if offset < 0 or length < 0 or offset + length > self.size:
+            return fail(OutOfRangeError(
+                "%s: %d bytes at %d outside %d-byte disk" % (
+                    self.name, length, offset, self.size)))
+        if length == 0 and cmd != C.BLK_FLUSH:
+            return succeed(b"" if cmd == C.BLK_READ else None)
+        probe = self.opencnt == 0
+        req = Request(self, cmd, offset, length, probe)
+        req.started = time.perf_counter()
+        maxIO = TRIM_CHUNK if cmd == C.BLK_FREEBLKS else self.maxIO
+        self.requests[req] = None
+        self.stats.start(cmd)
+        for chunk in req.split(data, maxIO):
+            self._seq += 1
+            chunk.seq = self._seq
+            self.queue.append(chunk)
+        self._kick()
+        return req.deferred
+
+    # ---------------------------------------------------------------
+    # The tag pool (xa_start / xa_release)
+
+    def _tagsFree(self) -> int:
+        held = 1 if self.openTxn is not None else 0
+        return self.maxTags - held - len(self.inflight)
+
+    def _kick(self) -> None:
+        """Start queued chunks while tags are free (FIFO)."""
+        queue = self.queue
+        while queue:
+            chunk = queue[0]
+            if chunk.request.probe:
+                parent = self._firstLiveSpan()
+                if parent is None:
+                    queue.popleft()
+                    self._chunkFailed(chunk, NoPathError(
+                        "%s (%s): no live path for probe I/O" % (
+                            self.name, self.serial)))
+                    continue
+            elif self.state == OPEN and self.openTxn.isOpen:  # type: ignore
+                parent = self.openTxn
+            else:
+                return        # stalled: wait for an open
+            if len(self.inflight) >= self.maxTags - 1:
+                return        # all tags busy (the open holds one)
+            if chunk.cmd == C.BLK_FLUSH and self.inflight and min(
+                    c.seq for c in self.inflight.values()) < chunk.seq:
+                return        # barrier: earlier I/O still in flight
+            if chunk.notBefore:
+                now = self.reactor.seconds()
+                if chunk.notBefore > now:
+                    if self._kickCall is None:
+                        self._kickCall = self.reactor.callLater(
+                            chunk.notBefore - now, self._delayedKick)
+                    return
+                chunk.notBefore = 0.0
+            queue.popleft()
+            if not self._issue(parent, chunk):
+                return
+
+    def _delayedKick(self) -> None:
+        self._kickCall = None
+        self._kick()
+
+    def _issue(self, parent: Any, chunk: Chunk) -> bool:
+        try:
+            txn = parent.startChild(chunk.cmd,
+                                    BlkIO(chunk.offset, chunk.length),
+                                    chunk.data, self._ioMessage, True)
+        except LinkError:
+            # The parent died under us; its own teardown restarts us.
+            bisect.insort(self.queue, chunk)
+            return False
+        txn.data = chunk
+        chunk.txn = txn
+        self.inflight[txn] = chunk
+        return True
+
+    def _ioMessage(self, txn: Transaction, msg: Message) -> None:
+        """xa_bio_completion: the single reply to one I/O."""
+        chunk = self.inflight.pop(txn, None)
+        if chunk is None:
+            return
+        chunk.txn = None
+        error = msg.error
+        if error == 0:
+            chunk.request.chunkDone(chunk, msg.aux)
+        elif error == C.ERR_IO:
+            # A real media error (or a refused request): fail it.
+            self._chunkFailed(chunk, MediaError(
+                "%s: %s of %d bytes at %d failed on the server (0x22)" % (
+                    self.name, _opName(chunk.cmd), chunk.length,
+                    chunk.offset)))
+        elif chunk.request.probe:
+            # Probe I/O fails instead of waiting for a path.
+            self._chunkFailed(chunk, NoPathError(
+                "%s: probe %s failed: error %#x" % (
+                    self.name, _opName(chunk.cmd), error)))
+        else:
+            # Re-queue: device open, error is not DMSG_ERR_IO.
+            self._requeue(chunk, error)
+        self._kick()
+
+    def _requeue(self, chunk: Chunk, error: int) -> None:
+        self.stats.retries += 1
+        if error != C.ERR_LOSTLINK:
+            chunk.retries += 1
+            chunk.notBefore = self.reactor.seconds() + min(
+                1.0, 0.01 * (2 ** min(chunk.retries, 7)))
+        bisect.insort(self.queue, chunk)
+
+    def _chunkFailed(self, chunk: Chunk, error: Exception) -> None:
+        chunk.request.chunkFailed(chunk, Failure(error))
+
+    def _requestDone(self, req: Request) -> None:
+        self.requests.pop(req, None)
+        self.stats.finish(req.cmd, req.length, req.failure is not None,
+                          time.perf_counter() - req.started)
+        if self.opencnt == 0:
+            self.importer._check(self)
+
+    def _failQueued(self, error: Exception) -> None:
+        queue, self.queue = self.queue, deque()
+        for chunk in queue:
+            self._chunkFailed(chunk, error)
+
+    def _cancel(self, req: Request) -> None:
+        """A caller gave up on C{req}: withdraw its chunks not yet sent."""
+        mine = [c for c in self.queue if c.request is req]
+        if mine:
+            self.queue = deque(c for c in self.queue if c.request is not req)
+            for c in mine:
+                req.pending -= 1
+            if req.pending == 0:
+                self._requestDone(req)
+
+    # ---------------------------------------------------------------
+    # Teardown (the seed's compiled-out xa_terminate_check)
+
+    def destroy(self) -> None:
+        """Remove the unit: fail anything left (there should be nothing)."""
+        self.gone = True
+        self._cancelRetry()
+        self._failQueued(UnitGoneError("%s removed" % (self.name,)))
+
+    def snapshot(self) -> Dict[str, Any]:
+        """State and counters, for the control API and metrics."""
+        return dict(name=self.name, serial=self.serial, size=self.size,
+                    sectorSize=self.sectorSize, state=self.state,
+                    opencnt=self.opencnt, paths=self.paths,
+                    spans=len(self.spans), queued=len(self.queue),
+                    inflight=len(self.inflight),
+                    readOnly=self.readOnly, stats=self.stats.asDict())
+
+
+def _opName(cmd: int) -> str:
+    from xdiskd.xa.request import OP_NAMES
+    return OP_NAMES.get(cmd, hex(cmd))
