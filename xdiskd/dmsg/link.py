@@ -316,14 +316,15 @@ class DMSGLink(Protocol):
             self._maybeGone(txn)
             return
         table = self.tx if cmd & C.REVTRANS else self.rx
-        txn = table.get(msg.msgid) if msg.msgid else None
-        if txn is None:
+        found = table.get(msg.msgid) if msg.msgid else None
+        if found is None:
             if not cmd & (C.CREATE | C.DELETE):
                 # §6.4: no transaction matches: a one-way message.
                 return self._oneWay(msg)
             if cmd & C.ABORT:
                 return  # §6.7: raced the close, discard silently
             return self._violation("unknown transaction", msg)
+        txn = found
         if msg.circuit != txn.circuit:
             return self._violation("circuit mismatch", msg)
         if cmd & C.CREATE:
@@ -373,7 +374,7 @@ class DMSGLink(Protocol):
         return self.receiver.transactionReceived(txn, msg)
 
     def _connReply(self, txn: Transaction, msg: Message) -> None:
-        if msg.cmd & C.CREATE:
+        if msg.cmd & C.CREATE and not txn.dying:
             if msg.error == 0:
                 self.ready = True
                 self.log.info("{link}: LNK_CONN exchange complete",
@@ -441,8 +442,10 @@ class DMSGLink(Protocol):
     def _write(self, msg: Message) -> None:
         if self.connected:
             self.messagesOut += 1
-            self.transport.writeSequence(  # type: ignore[union-attr]
-                self.encoder.encode(msg))
+            # Twisted transports take only bytes and join their buffers
+            # anyway: one join here is the one payload copy we pay.
+            self.transport.write(  # type: ignore[union-attr]
+                b"".join(self.encoder.encode(msg)))
 
     # ---------------------------------------------------------------
     # Teardown

@@ -61,7 +61,7 @@ _OPEN_RETRY = 1.0                 # seconds between failed re-open attempts
 
 def _live(span: Transaction) -> bool:
     """A span we may stack on: open both ways, link up."""
-    return span.isOpen and span.link.connected
+    return span.isOpen and bool(span.link.connected)
 
 
 @implementer(IBlockDevice)

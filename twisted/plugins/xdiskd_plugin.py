@@ -1,0 +1,10 @@
+"""twistd plugin: C{twistd -n xdiskd --help}."""
+
+from twisted.application.service import ServiceMaker
+
+xdiskd = ServiceMaker(
+    "xdiskd",
+    "xdiskd.service",
+    "DragonFly xdisk network disks: DMSG export/import, NBD front end.",
+    "xdiskd",
+)

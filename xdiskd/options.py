@@ -1,0 +1,197 @@
+"""
+Command line and config file of C{twistd xdiskd}.
+
+The config file (C{--config FILE}) is INI with one C{[xdiskd]} section
+whose keys are the long option names; repeatable options take several
+values, one per line.  Anything given on the command line overrides the
+file: a scalar replaces the file's value, a repeatable option given on
+the command line replaces the file's whole list.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import socket
+from typing import Any, Dict, List
+
+from twisted.python import usage
+
+from xdiskd.export.spec import ExportSpecError, parseExportSpec, \
+    validateExports
+
+DEFAULT_NBD = "tcp:10809:interface=127.0.0.1"
+DEFAULT_STATE_DIR = "/var/lib/xdiskd"
+
+_LISTS = ("listen", "connect", "export", "nbd", "image", "readonly-unit")
+_SIZE = re.compile(r"^(\d+)([KMGT]?)(i?B)?$", re.I)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parseSize(text: str) -> int:
+    """C{"1G"} → 1073741824; plain numbers are bytes."""
+    m = _SIZE.match(text.strip())
+    if not m:
+        raise usage.UsageError("bad size %r (e.g. 512M, 1G)" % (text,))
+    return int(m.group(1)) * _UNITS[m.group(2).upper()]
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = ("Export local files and block devices as DragonFly DMSG "
+                "disks, import remote ones as xa units, and serve every "
+                "unit over NBD.")
+
+    optFlags: List[List[Any]] = [
+        ["no-import", None, "Do not import spans (export only)."],
+        ["no-nbd", None, "Do not serve units over NBD."],
+        ["inline-io", None,
+         "Do export-side disk I/O in the reactor thread (fast for files "
+         "in the page cache; blocks on slow devices)."],
+    ]
+    optParameters: List[List[Any]] = [
+        ["config", "c", None, "INI config file ([xdiskd] section)."],
+        ["state-dir", None, DEFAULT_STATE_DIR,
+         "Directory for sockets and images (created if absent)."],
+        ["linger", None, 60.0,
+         "Seconds an unused unit with no paths lingers before teardown.",
+         float],
+        ["max-io", None, 131072,
+         "Largest DMSG I/O the importer sends (512..1048576; DragonFly "
+         "servers take at most 131072).", int],
+        ["store-threads", None, 4, "Export-side disk I/O threads.", int],
+        ["socket-mode", None, "600",
+         "Octal mode of UNIX listening sockets without an explicit mode=."],
+        ["hostname", None, None, "Host name used in labels."],
+    ]
+
+    def __init__(self) -> None:
+        usage.Options.__init__(self)
+        for key in _LISTS:
+            self[key] = []
+        self._given: Dict[str, Any] = {}
+
+    def opt_listen(self, endpoint: str) -> None:
+        """Accept DMSG links on a server endpoint (repeatable), e.g. unix:/run/xdisk.sock, tcp:987"""  # noqa
+        self["listen"].append(endpoint)
+
+    def opt_connect(self, endpoint: str) -> None:
+        """Dial a DMSG peer on a client endpoint, reconnecting with backoff (repeatable), e.g. tcp:host:987"""  # noqa
+        self["connect"].append(endpoint)
+
+    def opt_export(self, spec: str) -> None:
+        """Export SERIAL=PATH[,ro][,blksize=N][,label=HOST/DEV] (repeatable)."""  # noqa
+        self["export"].append(spec)
+
+    def opt_nbd(self, endpoint: str) -> None:
+        """Serve units over NBD on a server endpoint (repeatable) [default: tcp:10809:interface=127.0.0.1]"""  # noqa
+        self["nbd"].append(endpoint)
+
+    def opt_image(self, spec: str) -> None:
+        """PATH=SIZE: create a sparse image of SIZE (e.g. 1G) if PATH is absent (repeatable)."""  # noqa
+        self["image"].append(spec)
+
+    def opt_readonly_unit(self, name: str) -> None:
+        """Serve this unit (xaN or serial) read-only over NBD (repeatable)."""  # noqa
+        self["readonly-unit"].append(name)
+
+    def parseArgs(self, *args: str) -> None:
+        if args:
+            raise usage.UsageError("unexpected arguments: %s" % (
+                " ".join(args),))
+
+    def postOptions(self) -> None:
+        if self["config"]:
+            self._loadConfig(self["config"])
+        if not self["hostname"]:
+            self["hostname"] = socket.gethostname()
+        if not 512 <= self["max-io"] <= 1048576:
+            raise usage.UsageError("--max-io must be 512..1048576")
+        if self["linger"] < 0:
+            raise usage.UsageError("--linger must be >= 0")
+        try:
+            int(self["socket-mode"], 8)
+        except ValueError:
+            raise usage.UsageError("--socket-mode must be octal, e.g. 600")
+        images = []
+        for spec in self["image"]:
+            path, sep, size = spec.rpartition("=")
+            if not sep or not path:
+                raise usage.UsageError("--image wants PATH=SIZE, got %r" % (
+                    spec,))
+            images.append((path, parseSize(size)))
+        self["images"] = images
+        try:
+            self["exports"] = validateExports(
+                parseExportSpec(s) for s in self["export"])
+        except ExportSpecError as e:
+            raise usage.UsageError(str(e))
+        if not self["nbd"] and not self["no-nbd"] and not self["no-import"]:
+            self["nbd"] = [DEFAULT_NBD]
+        if self["no-nbd"]:
+            self["nbd"] = []
+
+    def _loadConfig(self, path: str) -> None:
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            with open(path) as f:
+                parser.read_file(f)
+        except (OSError, configparser.Error) as e:
+            raise usage.UsageError("cannot read config %s: %s" % (path, e))
+        if not parser.has_section("xdiskd"):
+            raise usage.UsageError("config %s has no [xdiskd] section" % (
+                path,))
+        section = parser["xdiskd"]
+        flags = {str(f[0]) for f in self.optFlags}
+        params: Dict[str, Any] = {p[0]: p for p in self.optParameters}
+        for key, value in section.items():
+            if key in _LISTS:
+                if not self[key]:
+                    self[key] = [v.strip() for v in value.splitlines()
+                                 if v.strip()]
+            elif key in flags:
+                if not self[key]:
+                    try:
+                        self[key] = section.getboolean(key)
+                    except ValueError:
+                        raise usage.UsageError(
+                            "config %s: %s wants yes/no" % (path, key))
+            elif key in params and key != "config":
+                # Only where the command line left the default.
+                if self[key] == params[key][2]:
+                    coerce = params[key][4] if len(params[key]) > 4 else str
+                    try:
+                        self[key] = coerce(value)
+                    except ValueError:
+                        raise usage.UsageError(
+                            "config %s: bad %s = %r" % (path, key, value))
+            else:
+                raise usage.UsageError("config %s: unknown key %r" % (
+                    path, key))
+
+
+def serverEndpointString(desc: str, mode: str) -> str:
+    """
+    Make UNIX listeners private by default: add C{mode=} (octal, 600
+    unless configured) and C{lockfile=1} (a stale socket of a dead daemon
+    is replaced) unless the description sets them.
+    """
+    if desc.startswith("unix:"):
+        if ":mode=" not in desc:
+            desc += ":mode=" + mode
+        if ":lockfile=" not in desc:
+            desc += ":lockfile=1"
+    return desc
+
+
+def ensureImages(images: List[Any]) -> None:
+    """Create each (path, size) sparse image that does not exist."""
+    for path, size in images:
+        if os.path.exists(path):
+            continue
+        d = os.path.dirname(path)
+        if d:
+            os.makedirs(d, exist_ok=True)
+        with open(path, "wb") as f:
+            f.truncate(size)

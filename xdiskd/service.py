@@ -1,0 +1,129 @@
+"""
+Assemble a daemon from L{xdiskd.options.Options}: the export side, the
+import side, DMSG listeners and reconnecting outbound links, NBD
+listeners, all under one MultiService.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application.internet import (
+    ClientService, StreamServerEndpointService, backoffPolicy)
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.logger import Logger
+from twisted.python import usage
+
+from xdiskd.dmsg.link import DMSGFactory
+from xdiskd.export.server import Exporter
+from xdiskd.export.store import StoreError, StorePoolService, openStore
+from xdiskd.node import Node
+from xdiskd.options import Options, ensureImages, serverEndpointString
+from xdiskd.xa.importer import Importer
+
+__all__ = ["Options", "makeService"]
+
+log = Logger()
+
+
+class NodeService(Service):
+    """Owns the node: withdraws exports and stops timers on shutdown."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def stopService(self) -> Deferred:
+        Service.stopService(self)
+        if self.node.importer is not None:
+            self.node.importer.stop()
+        if self.node.exporter is not None:
+            return self.node.exporter.stop()
+        return maybeDeferred(lambda: None)
+
+
+class XDiskService(MultiService):
+    """The daemon: C{node} plus its listeners and links."""
+
+    def __init__(self, node: Node) -> None:
+        MultiService.__init__(self)
+        self.node = node
+        self.connectors: dict = {}
+
+
+def makeService(options: Options, reactor: Any = None) -> XDiskService:
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+        reactor = _reactor
+    stateDir = options["state-dir"]
+    if options["listen"] or options["images"]:
+        try:
+            os.makedirs(stateDir, exist_ok=True)
+        except OSError as e:
+            raise usage.UsageError("cannot create state dir %s: %s" % (
+                stateDir, e))
+    try:
+        ensureImages(options["images"])
+    except OSError as e:
+        raise usage.UsageError("cannot create image: %s" % (e,))
+
+    pool = StorePoolService(options["store-threads"])
+    exporter = None
+    if options["exports"]:
+        exporter = Exporter()
+        for spec in options["exports"]:
+            try:
+                store = openStore(spec, reactor, pool.pool,
+                                  inline=options["inline-io"])
+            except StoreError as e:
+                raise usage.UsageError(str(e))
+            exporter.add(spec, store)
+    importer = None
+    if not options["no-import"]:
+        importer = Importer(reactor, linger=options["linger"],
+                            maxIO=options["max-io"],
+                            readOnly=options["readonly-unit"])
+    node = Node(exporter, importer, options["hostname"])
+    top = XDiskService(node)
+    # Start order: pool, node, listeners; stop order is the reverse, so
+    # links close before exports are withdrawn and the pool stops last.
+    pool.setServiceParent(top)
+    NodeService(node).setServiceParent(top)
+
+    for desc in options["listen"]:
+        desc = serverEndpointString(desc, options["socket-mode"])
+        try:
+            ep = serverFromString(reactor, desc)
+        except (ValueError, TypeError, KeyError) as e:
+            raise usage.UsageError("bad --listen %r: %s" % (desc, e))
+        svc = StreamServerEndpointService(ep, DMSGFactory(node, "in"))
+        svc._raiseSynchronously = True
+        svc.setServiceParent(top)
+        log.info("DMSG listening on {desc}", desc=desc)
+    for desc in options["connect"]:
+        try:
+            ep = clientFromString(reactor, desc)
+        except (ValueError, TypeError, KeyError) as e:
+            raise usage.UsageError("bad --connect %r: %s" % (desc, e))
+        cs = ClientService(ep, DMSGFactory(node, desc),
+                           retryPolicy=backoffPolicy(0.2, 5.0, 1.5))
+        cs.setServiceParent(top)
+        top.connectors[desc] = cs
+    if importer is not None and options["nbd"]:
+        from xdiskd.nbd.server import NBDServerFactory
+        for desc in options["nbd"]:
+            desc = serverEndpointString(desc, options["socket-mode"])
+            try:
+                ep = serverFromString(reactor, desc)
+            except (ValueError, TypeError, KeyError) as e:
+                raise usage.UsageError("bad --nbd %r: %s" % (desc, e))
+            svc = StreamServerEndpointService(ep, NBDServerFactory(importer))
+            svc._raiseSynchronously = True
+            svc.setServiceParent(top)
+            where = "loopback only" if "127.0.0.1" in desc or (
+                desc.startswith("unix:")) else "NOT loopback-only"
+            log.info("NBD listening on {desc} ({where})", desc=desc,
+                     where=where)
+    return top
