@@ -1,0 +1,398 @@
+"""
+The NBD server: a thin Twisted protocol over L{xdiskd.nbd.wire}, serving
+the block devices of an L{IBlockDeviceRegistry}.
+
+Option haggling is decided by L{xdiskd.nbd.options.Negotiator}, requests
+are executed by L{xdiskd.nbd.commands.Transmission}; this module moves
+bytes, bounds the work in flight, and owns the connection's lifetime
+(device open/close, DISC, shutdown).
+"""
+
+from typing import Any, Dict, List, Optional, Set, Tuple
+
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from xdiskd.nbd import wire
+from xdiskd.nbd.commands import SectorLocks, Transmission
+from xdiskd.nbd.options import (CLOSE, STARTTLS, TRANSMIT, Decision, Export,
+                                Negotiator)
+
+log = Logger(namespace="xdiskd.nbd.server")
+
+#: Default bound on READ/WRITE bytes in flight per connection.
+MAX_INFLIGHT_BYTES = 64 * 1024 * 1024
+#: Default bound on requests in flight per connection.
+MAX_INFLIGHT_REQUESTS = 1024
+#: Default bound on reply bytes written after the transport reported a
+#: full send buffer.
+MAX_BUFFERED_BYTES = 64 * 1024 * 1024
+
+# reasons to stop reading from the client
+_PAUSE_INFLIGHT = 1
+_PAUSE_TRANSPORT = 2
+_PAUSE_STOPPED = 4
+
+
+@implementer(IPushProducer)
+class NBDServerProtocol(Protocol):
+    """
+    One NBD connection, server side.
+
+    It registers itself as a streaming producer with its transport: when
+    the transport's send buffer fills, and more than the factory's
+    C{maxBufferedBytes} of replies were written since, it stops reading
+    requests; likewise while more than C{maxInflightBytes} of READ/WRITE
+    data or C{maxInflightRequests} requests are in flight.
+    """
+
+    factory: Any  # an NBDServerFactory
+    transport: Any
+
+    def __init__(self) -> None:
+        self._pending: Dict[int, Deferred] = {}
+        self._nextKey = 0
+        self._inflightBytes = 0
+        self._pauses = 0
+        self._readingPaused = False
+        self._draining = False
+        self._connected = False
+        self._stopped = False
+        self._closing = False
+        self._disconnecting = False
+        self._transportFull = False
+        self._writtenSinceFull = 0
+        self._device: Any = None
+        self._transmission: Optional[Transmission] = None
+        self._logged: Set[type] = set()
+        self._suppressed = 0
+        self._closedWaiters: List[Deferred] = []
+
+    # -- Twisted callbacks -------------------------------------------------
+    def connectionMade(self) -> None:
+        f = self.factory
+        self._conn = wire.NBDServerConnection(
+            maxPayload=f.maxPayload, discardLimit=f.discardLimit)
+        self._negotiator = Negotiator(
+            f.registry, tlsRequired=f.tlsRequired,
+            tlsAvailable=f.tlsContextFactory is not None,
+            maxPayload=f.maxPayload)
+        self._connected = True
+        f.connections.add(self)
+        self.transport.registerProducer(self, True)
+        self.transport.write(self._conn.greeting())
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._stopped:
+            return
+        self._conn.receiveData(data)
+        self._drain()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._connected = False
+        self._stopped = True
+        pending, self._pending = self._pending, {}
+        for d in pending.values():
+            d.cancel()
+        if self._device is not None:
+            device, self._device = self._device, None
+            self.factory.releaseLocks(device)
+            self._closeDevice(device)
+        if self._suppressed:
+            log.warn("NBD connection closed; {count} more unexpected errors "
+                     "were not logged", count=self._suppressed)
+        self.factory.connections.discard(self)
+        waiters, self._closedWaiters = self._closedWaiters, []
+        for d in waiters:
+            d.callback(None)
+
+    # -- IPushProducer: the transport's send buffer --------------------------
+    def pauseProducing(self) -> None:
+        self._transportFull = True
+        self._writtenSinceFull = 0
+
+    def resumeProducing(self) -> None:
+        self._transportFull = False
+        self._unpause(_PAUSE_TRANSPORT)
+
+    def stopProducing(self) -> None:
+        self._pauses |= _PAUSE_STOPPED
+
+    # -- public --------------------------------------------------------------
+    def whenClosed(self) -> Deferred:
+        """Return a L{Deferred} that fires when the connection is lost."""
+        if not self._connected and self._stopped:
+            return succeed(None)
+        d: Deferred = Deferred()
+        self._closedWaiters.append(d)
+        return d
+
+    def shutdown(self) -> Deferred:
+        """
+        Stop serving: while haggling close at once; in transmission stop
+        reading, finish the requests in flight, then close.
+
+        @return: L{whenClosed}.
+        """
+        d = self.whenClosed()
+        if not self._connected:
+            return d
+        self._negotiator.shuttingDown = True
+        if self._transmission is None:
+            self._close()
+        else:
+            self._finish()
+        return d
+
+    # -- reading -----------------------------------------------------------
+    def _pause(self, reason: int) -> None:
+        self._pauses |= reason
+        if not self._readingPaused and self._connected and not self._stopped:
+            self._readingPaused = True
+            self.transport.pauseProducing()
+
+    def _unpause(self, reason: int) -> None:
+        if not self._pauses & reason:
+            return
+        self._pauses &= ~reason
+        if self._pauses:
+            return
+        self._drain()
+        if (not self._pauses and self._readingPaused and self._connected
+                and not self._stopped):
+            self._readingPaused = False
+            self.transport.resumeProducing()
+
+    def _drain(self) -> None:
+        """Act on every complete message the codec holds, unless paused."""
+        if self._draining:
+            return
+        self._draining = True
+        try:
+            conn = self._conn
+            while not self._pauses and not self._stopped:
+                try:
+                    event = conn.nextEvent()
+                except wire.NBDProtocolError as e:
+                    self._protocolError(e)
+                    return
+                if isinstance(event, wire.Request):
+                    if event.type == wire.CMD_DISC:
+                        self._finish()
+                        return
+                    self._request(event)
+                elif event is wire.NEED_DATA or event is wire.PAUSED:
+                    return
+                elif isinstance(event, wire.OptionRequest):
+                    self._option(event)
+                elif isinstance(event, wire.OversizedWrite):
+                    assert self._transmission is not None
+                    self._write(self._transmission.oversized(event))
+                elif isinstance(event, wire.ClientFlags):
+                    self._clientFlags(event)
+        except Exception:
+            # A bug here must not reach the reactor; drop this client.
+            self._bug(Failure())
+        finally:
+            self._draining = False
+
+    def _protocolError(self, error: wire.NBDProtocolError) -> None:
+        log.warn("NBD client {peer} broke the protocol: {error}; closing",
+                 peer=_peer(self.transport), error=str(error))
+        self._close()
+
+    def _clientFlags(self, flags: wire.ClientFlags) -> None:
+        if self.factory.tlsRequired and not flags.fixedNewstyle:
+            # TLS needs fixed newstyle; this client can never get there.
+            self._close()
+            return
+        self._negotiator.clientFlags(flags)
+
+    # -- haggling ----------------------------------------------------------
+    def _option(self, event: wire.OptionRequest) -> None:
+        result = self._negotiator.handleOption(event.option, event.data)
+        if isinstance(result, Deferred):
+            result.addCallback(self._decided).addErrback(self._bug)
+        else:
+            self._decided(result)
+
+    def _decided(self, decision: Decision) -> None:
+        export = decision.export
+        if self._stopped:
+            if export is not None:
+                # The device opened after the client left or was closed.
+                self._closeDevice(export.device)
+            return
+        if decision.replies:
+            self.transport.writeSequence(decision.replies)
+        action = decision.action
+        if action == CLOSE:
+            self._close()
+            return
+        if action == TRANSMIT:
+            assert export is not None
+            self._enterTransmission(export)
+            self._conn.startTransmission()
+        elif action == STARTTLS:
+            self._conn.resumeOptions()
+            self.transport.startTLS(self.factory.tlsContextFactory)
+            self._negotiator.tlsStarted()
+        elif self._conn.held:
+            self._conn.resumeOptions()
+        self._drain()
+
+    def _enterTransmission(self, export: Export) -> None:
+        self._device = export.device
+        locks = self.factory.locksFor(export.device)
+        self._transmission = Transmission(export, locks, self._unexpected)
+
+    # -- transmission --------------------------------------------------------
+    def _request(self, req: wire.Request) -> None:
+        kind = req.type
+        cost = (min(req.length, self.factory.maxPayload)
+                if kind == wire.CMD_READ or kind == wire.CMD_WRITE else 0)
+        self._inflightBytes += cost
+        key = self._nextKey = self._nextKey + 1
+        f = self.factory
+        if (self._inflightBytes > f.maxInflightBytes
+                or len(self._pending) >= f.maxInflightRequests):
+            self._pause(_PAUSE_INFLIGHT)
+        assert self._transmission is not None
+        d = self._transmission.handle(req)
+        if not d.called:
+            self._pending[key] = d
+        d.addCallback(self._replied, key, cost).addErrback(self._bug)
+
+    def _replied(self, pieces: Optional[List[bytes]], key: int,
+                 cost: int) -> None:
+        self._pending.pop(key, None)
+        self._inflightBytes -= cost
+        if pieces is not None and self._connected:
+            self._write(pieces)
+        f = self.factory
+        if (self._pauses & _PAUSE_INFLIGHT
+                and self._inflightBytes <= f.maxInflightBytes
+                and len(self._pending) < f.maxInflightRequests):
+            self._unpause(_PAUSE_INFLIGHT)
+        if self._disconnecting and not self._pending:
+            self._close()
+
+    def _write(self, pieces: List[bytes]) -> None:
+        self.transport.writeSequence(pieces)
+        if self._transportFull:
+            self._writtenSinceFull += sum(map(len, pieces))
+            if self._writtenSinceFull > self.factory.maxBufferedBytes:
+                self._pause(_PAUSE_TRANSPORT)
+
+    def _finish(self) -> None:
+        """DISC or shutdown: read no more, close once nothing is pending."""
+        self._disconnecting = True
+        self._pause(_PAUSE_STOPPED)
+        if not self._pending:
+            self._close()
+
+    def _close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._stopped = True
+        if self._connected:
+            # A registered producer would keep the transport open.
+            self.transport.unregisterProducer()
+            self.transport.loseConnection()
+
+    # -- failures ----------------------------------------------------------
+    def _closeDevice(self, device: Any) -> None:
+        try:
+            device.close()
+        except Exception:
+            log.failure("closing {name} failed", name=device.name)
+
+    def _unexpected(self, f: Failure) -> None:
+        if f.type in self._logged:
+            self._suppressed += 1
+            return
+        self._logged.add(f.type)
+        log.failure("unexpected error in an NBD request", f)
+
+    def _bug(self, f: Failure) -> None:
+        log.failure("NBD server bug", f)
+        self._close()
+
+
+def _peer(transport: Any) -> str:
+    try:
+        return str(transport.getPeer())
+    except Exception:
+        return "?"
+
+
+class NBDServerFactory(Factory):
+    """
+    Serves the devices of C{registry} over NBD.
+
+    @param registry: the L{IBlockDeviceRegistry} naming the exports.
+    @param tlsRequired: FORCEDTLS mode: every option but STARTTLS and
+        ABORT is refused until TLS runs (needs C{tlsContextFactory}).
+    @param tlsContextFactory: a TLS server context factory (as for
+        C{ITLSTransport.startTLS}); None answers STARTTLS with ERR_UNSUP.
+    @param maxPayload: largest READ/WRITE accepted, and the maximum block
+        size advertised.
+    @param discardLimit: WRITEs above C{maxPayload} and up to this have
+        their payload skipped and get EINVAL; larger ones close the
+        connection.
+    @ivar connections: the live L{NBDServerProtocol}s.
+    """
+
+    protocol = NBDServerProtocol
+
+    def __init__(self, registry: Any,
+                 tlsRequired: bool = False,
+                 tlsContextFactory: Any = None,
+                 maxPayload: int = wire.MAX_PAYLOAD,
+                 maxInflightBytes: int = MAX_INFLIGHT_BYTES,
+                 maxInflightRequests: int = MAX_INFLIGHT_REQUESTS,
+                 maxBufferedBytes: int = MAX_BUFFERED_BYTES,
+                 discardLimit: int = wire.DISCARD_LIMIT) -> None:
+        if tlsRequired and tlsContextFactory is None:
+            raise ValueError("tlsRequired needs a tlsContextFactory")
+        self.registry = registry
+        self.tlsRequired = tlsRequired
+        self.tlsContextFactory = tlsContextFactory
+        self.maxPayload = maxPayload
+        self.maxInflightBytes = maxInflightBytes
+        self.maxInflightRequests = maxInflightRequests
+        self.maxBufferedBytes = maxBufferedBytes
+        self.discardLimit = discardLimit
+        self.connections: Set[NBDServerProtocol] = set()
+        self._locks: Dict[int, Tuple[Any, SectorLocks, int]] = {}
+
+    def locksFor(self, device: Any) -> SectorLocks:
+        """Return the L{SectorLocks} every connection to C{device} shares."""
+        entry = self._locks.get(id(device))
+        if entry is None:
+            entry = (device, SectorLocks(), 0)
+        self._locks[id(device)] = (device, entry[1], entry[2] + 1)
+        return entry[1]
+
+    def releaseLocks(self, device: Any) -> None:
+        """Drop one connection's use of C{device}'s locks."""
+        entry = self._locks.get(id(device))
+        if entry is None:
+            return
+        if entry[2] <= 1:
+            del self._locks[id(device)]
+        else:
+            self._locks[id(device)] = (device, entry[1], entry[2] - 1)
+
+    def shutdown(self) -> Deferred:
+        """
+        Stop every connection (see L{NBDServerProtocol.shutdown}).
+
+        @return: a L{Deferred} firing when all of them are closed.
+        """
+        return DeferredList([p.shutdown() for p in list(self.connections)])
