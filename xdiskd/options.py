@@ -46,6 +46,9 @@ class Options(usage.Options):
     optFlags: List[List[Any]] = [
         ["no-import", None, "Do not import spans (export only)."],
         ["no-nbd", None, "Do not serve units over NBD."],
+        ["relay", None,
+         "Relay spans and the transactions on them between links, like "
+         "DragonFly's hammer2 service (LNK_CONN peer type ROUTER)."],
         ["inline-io", None,
          "Do export-side disk I/O in the reactor thread (fast for files "
          "in the page cache; blocks on slow devices)."],

@@ -21,6 +21,7 @@ from xdiskd.dmsg.link import DMSGFactory
 from xdiskd.export.server import Exporter
 from xdiskd.export.store import StoreError, StorePoolService, openStore
 from xdiskd.node import Node
+from xdiskd.relay import Relay
 from xdiskd.options import Options, ensureImages, serverEndpointString
 from xdiskd.xa.importer import Importer
 
@@ -85,7 +86,8 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
         importer = Importer(reactor, linger=options["linger"],
                             maxIO=options["max-io"],
                             readOnly=options["readonly-unit"])
-    node = Node(exporter, importer, options["hostname"])
+    relay = Relay() if options["relay"] else None
+    node = Node(exporter, importer, options["hostname"], relay)
     top = XDiskService(node)
     # Start order: pool, node, listeners; stop order is the reverse, so
     # links close before exports are withdrawn and the pool stops last.

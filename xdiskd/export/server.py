@@ -151,6 +151,11 @@ class Exporter:
         """Withdraw every export (shutdown)."""
         return DeferredList([self.withdraw(s) for s in list(self.exports)])
 
+    def identities(self) -> frozenset:
+        """(peer type, pfs_label, peer_label) of every export's span."""
+        return frozenset((C.PEER_BLOCK, e.serial, e.spec.label)
+                         for e in self.exports.values())
+
     # ---------------------------------------------------------------
     # Links (called by the node)
 

@@ -18,7 +18,7 @@ from zope.interface import implementer
 
 from xdiskd.dmsg import constants as C
 from xdiskd.dmsg.link import DMSGLink, Transaction
-from xdiskd.dmsg.wire import LnkSpan, Message
+from xdiskd.dmsg.wire import LnkSpan
 from xdiskd.interfaces import IBlockDeviceRegistry
 from xdiskd.xa.unit import DEFAULT_MAX_IO, MAXTAGS, XAUnit
 
@@ -55,6 +55,7 @@ class Importer:
         self.readOnly = set(readOnly)
         self.units: Dict[str, XAUnit] = {}
         self._lingers: Dict[XAUnit, Any] = {}
+        self._spanUnits: Dict[Transaction, XAUnit] = {}
         self._watchers: List[Any] = []
 
     # ---------------------------------------------------------------
@@ -76,15 +77,11 @@ class Importer:
     # ---------------------------------------------------------------
     # Spans (the node forwards LNK_SPAN transactions here)
 
-    def spanReceived(self, txn: Transaction, msg: Message) -> bool:
-        ext = msg.ext
-        if msg.cmd & C.DELETE:
-            # §7.3: a degenerate CREATE|DELETE span is of no use: ignore.
-            txn.reply(0)
-            return True
-        if not isinstance(ext, LnkSpan):
-            txn.reply(C.ERR_NOSUPP)
-            return True
+    def spanAdded(self, txn: Transaction, ext: LnkSpan) -> None:
+        """
+        A peer opened a LNK_SPAN (already answered by the node): it is a
+        path to the unit of its label, created on first sight.
+        """
         key = unitKey(ext.pfs_label)
         unit = self.units.get(key)
         if unit is None:
@@ -94,17 +91,14 @@ class Importer:
                           "has {have}; using it as a path anyway",
                           unit=unit.name, link=txn.link.name,
                           size=ext.media_bytes, have=unit.size)
-        txn.data = unit
-        txn.handler = self._spanMessage
-        txn.result(0)       # keep it open both ways (0xA80FFF01)
+        self._spanUnits[txn] = unit
         self._touch(unit)
         unit.spanAdded(txn)
-        return True
 
-    def _spanMessage(self, txn: Transaction, msg: Message) -> None:
-        if msg.cmd & C.DELETE:
-            unit: XAUnit = txn.data
-            txn.reply(0)    # 0x680FFF01
+    def spanDeleted(self, txn: Transaction) -> None:
+        """The span was withdrawn or its link lost."""
+        unit = self._spanUnits.pop(txn, None)
+        if unit is not None:
             unit.spanRemoved(txn)
             self._check(unit)
 
