@@ -209,7 +209,7 @@ class OpenStoreTests(TestCase):
         for store, inline in [
             (openStore(spec, reactor, None), True),
             (openStore(spec, reactor, pool, inline=True), True),
-            (openStore(spec, reactor, pool), False),
+            (openStore(spec, reactor, pool, nowait=False), False),
         ]:
             self.addCleanup(store.close)
             self.assertEqual(store.inline, inline)
@@ -256,8 +256,11 @@ class StoreTestsMixin:
             f.truncate(size)
         return path
 
+    nowait = False
+
     def openStore(self, path: str, cleanup: bool = True, **kw: Any) -> FileStore:
-        store = openStore(ExportSpec("s", path, **kw), reactor, self.pool)
+        store = openStore(ExportSpec("s", path, **kw), reactor, self.pool,
+                          nowait=self.nowait)
         if cleanup:
             # Registered after pool.stop, so it runs first.
             self.addCleanup(store.close)
@@ -758,6 +761,53 @@ class PoolStoreTests(StoreTestsMixin, TestCase):
             [store.read(i, chunk) for i in range(0, 4 * MiB, chunk)]
         )
         self.assertEqual(b"".join(bytes(r) for r in results), data)
+
+
+class NowaitStoreTests(TestCase):
+    """
+    Pool mode with RWF_NOWAIT: page-cache reads are served in the
+    calling thread; what would block goes to the pool.
+    """
+
+    def setUp(self) -> None:
+        if not hasattr(os, "RWF_NOWAIT"):
+            raise SkipTest("no RWF_NOWAIT on this platform")
+        self.pool = makeStorePool(2)
+        self.pool.start()
+        self.addCleanup(self.pool.stop)
+
+    def _store(self, data: bytes) -> FileStore:
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(data)
+        store = openStore(ExportSpec("s", path), reactor, self.pool)
+        self.addCleanup(store.close)
+        return store
+
+    def test_cachedReadInline(self) -> None:
+        data = os.urandom(MiB)
+        store = self._store(data)
+        d = store.read(4096, 8192)
+        # Fired already: no thread hand-off for a page-cache hit.
+        self.assertEqual(bytes(self.successResultOf(d)), data[4096:12288])
+        self.assertEqual((store.nowaitHits, store.inFlight), (1, 0))
+
+    @defer.inlineCallbacks
+    def test_wouldBlockGoesToPool(self) -> Any:
+        data = os.urandom(MiB)
+        store = self._store(data)
+        real = os.preadv
+
+        def eagain(fd: int, bufs: Any, offset: int, flags: int = 0) -> int:
+            if flags:
+                raise BlockingIOError(errno.EAGAIN, "would block")
+            return real(fd, bufs, offset)
+        self.patch(os, "preadv", eagain)
+        d = store.read(0, 4096)
+        self.assertEqual(store.inFlight, 1)
+        got = yield d
+        self.assertEqual(bytes(got), data[:4096])
+        self.assertEqual(store.nowaitMisses, 1)
 
 
 class InlineStoreTests(StoreTestsMixin, TestCase):

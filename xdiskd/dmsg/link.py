@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from xdiskd.dmsg import constants as C
+from xdiskd.tuning import tuneTransport
 from xdiskd.dmsg.wire import (
     BytesLike, Decoder, Encoder, Extension, FramingError, LnkConn, Message)
 
@@ -192,6 +193,7 @@ class DMSGLink(Protocol):
         if self.name == "link%d" % (self.id,):
             peer = self.transport.getPeer()  # type: ignore[union-attr]
             self.name = "link%d(%s)" % (self.id, _addr(peer))
+        tuneTransport(self.transport)
         self.transport.registerProducer(self, True)  # type: ignore
         self.connTxn = self.startTransaction(
             None, C.LNK_CONN, self.receiver.localConn(), None,

@@ -262,6 +262,7 @@ class FileStore:
         isBlockDevice: bool,
         reactor: IReactorFromThreads,
         pool: Optional[ThreadPool],
+        nowait: bool = True,
     ) -> None:
         """
         Wrap an open file descriptor; the store owns it from now on.
@@ -286,6 +287,15 @@ class FileStore:
         # so later discards go straight to writing zeros.
         self._canPunch = True
         self._sectorSize = _deviceSectorSize(fd) if isBlockDevice else 1
+        # Pool mode: try reads and writes in the reactor thread first with
+        # RWF_NOWAIT, which fails with EAGAIN instead of waiting for the
+        # device; only then hand over to the pool.  Page-cache hits cost
+        # no thread hand-off.  Cleared per direction when refused.
+        self._nowaitRead = (nowait and pool is not None
+                            and hasattr(os, "RWF_NOWAIT"))
+        self._nowaitWrite = self._nowaitRead
+        self.nowaitHits = 0
+        self.nowaitMisses = 0
 
     def __repr__(self) -> str:
         mode = "ro" if self.readOnly else "rw"
@@ -315,11 +325,36 @@ class FileStore:
         @return: A Deferred firing with a new C{bytearray} of exactly
             C{length} bytes (zeros where the file has since shrunk).
         """
-        what = f"read {length} bytes at {offset}"
-        refused = self._refuse(what, offset, length, writing=False)
+        refused = self._refuse("read", offset, length, writing=False)
         if refused is not None:
             return defer.fail(refused)
-        return self._run(what, _readFull, self._fd, offset, length)
+        if self._nowaitRead:
+            buf = self._readNowait(offset, length)
+            if buf is not None:
+                return defer.succeed(buf)
+        return self._run(f"read {length} bytes at {offset}", _readFull,
+                         self._fd, offset, length)
+
+    def _readNowait(self, offset: int, length: int) -> Optional[bytearray]:
+        """
+        One C{preadv2(RWF_NOWAIT)}: the data if the page cache had all of
+        it (or the file ends), else None for the pool to do it.
+        """
+        buf = bytearray(length)
+        try:
+            n = os.preadv(self._fd, [buf], offset, os.RWF_NOWAIT)
+        except BlockingIOError:
+            self.nowaitMisses += 1
+            return None
+        except OSError as e:
+            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                self._nowaitRead = False
+            return None
+        if n < length and offset + n < os.fstat(self._fd).st_size:
+            self.nowaitMisses += 1
+            return None
+        self.nowaitHits += 1
+        return buf
 
     def write(self, offset: int, data: Buffer) -> Deferred[None]:
         """
@@ -334,14 +369,42 @@ class FileStore:
                 view = view.cast("B")
         except (TypeError, ValueError):
             return defer.fail()
-        what = f"write {view.nbytes} bytes at {offset}"
-        refused = self._refuse(what, offset, view.nbytes, writing=True)
+        refused = self._refuse("write", offset, view.nbytes, writing=True)
         if refused is not None:
             d: Deferred[None] = defer.fail(refused)
         else:
-            d = self._run(what, _writeFull, self._fd, offset, view)
+            try:
+                done = (self._writeNowait(offset, view)
+                        if self._nowaitWrite else 0)
+            except MediaError:
+                d = defer.fail()
+                return d.addBoth(_releaseView, view)
+            if done == view.nbytes:
+                d = defer.succeed(None)
+            else:
+                d = self._run(f"write {view.nbytes} bytes at {offset}",
+                              _writeFull, self._fd, offset + done,
+                              view[done:])
         # Let the caller resize its buffer again once we are done with it.
         return d.addBoth(_releaseView, view)
+
+    def _writeNowait(self, offset: int, view: memoryview) -> int:
+        """
+        One C{pwritev2(RWF_NOWAIT)}: how many bytes went into the page
+        cache without waiting (the pool writes the rest).
+        """
+        try:
+            n = os.pwritev(self._fd, [view], offset, os.RWF_NOWAIT)
+        except BlockingIOError:
+            self.nowaitMisses += 1
+            return 0
+        except OSError as e:
+            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                self._nowaitWrite = False
+                return 0
+            raise MediaError(f"{self.path}: write: {_describe(e)}") from e
+        self.nowaitHits += 1
+        return n
 
     def flush(self) -> Deferred[None]:
         """
@@ -517,6 +580,7 @@ def openStore(
     reactor: IReactorFromThreads,
     pool: Optional[ThreadPool] = None,
     inline: bool = False,
+    nowait: bool = True,
 ) -> FileStore:
     """
     Open the file or block device of an export.
@@ -531,6 +595,9 @@ def openStore(
         None selects inline mode.
     @param inline: True to make system calls in the calling thread even if
         a pool is given.
+    @param nowait: with a pool, first try reads and writes in the calling
+        thread with C{RWF_NOWAIT} (page-cache hits never wait for the
+        device); the pool does what would block.
     @return: The open store.
     @raise StoreError: if the path is missing, not openable, neither a
         regular file nor a block device, or of an unusable size.
@@ -581,4 +648,5 @@ def openStore(
         isBlockDevice,
         reactor,
         None if inline else pool,
+        nowait,
     )

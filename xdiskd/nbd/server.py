@@ -10,6 +10,7 @@ bytes, bounds the work in flight, and owns the connection's lifetime
 
 from typing import Any, Dict, List, Optional, Set, Tuple
 
+from xdiskd.tuning import tuneTransport
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -83,6 +84,7 @@ class NBDServerProtocol(Protocol):
             maxPayload=f.maxPayload)
         self._connected = True
         f.connections.add(self)
+        tuneTransport(self.transport)
         self.transport.registerProducer(self, True)
         self.transport.write(self._conn.greeting())
 
