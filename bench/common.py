@@ -56,9 +56,11 @@ class Proc:
 
 def xdiskd(name, args, workdir):
     env = dict(os.environ, PYTHONPATH=REPO)
+    state = os.path.join(workdir, name + ".state")
+    os.makedirs(state, exist_ok=True)
     cmd = [TWISTD, "-n", "--pidfile=", "--logfile=" + os.path.join(
         workdir, name + ".twistd.log"), "xdiskd", "--state-dir",
-        workdir] + args
+        state] + args
     return Proc(name, cmd, env, workdir)
 
 

@@ -367,3 +367,30 @@ class TeardownTests(Base):
         self.wires.append(Wire(self.exp, self.imp))
         self.clock.advance(100)
         self.assertIs(self.importer.lookup("xa0"), u)
+
+
+class CongestionTests(Base):
+    def test_congestedAndDrains(self):
+        """
+        Accepted READ/WRITE bytes past the limit make the unit congested;
+        whenUncongested fires once half has drained.
+        """
+        u = self.openUnit()
+        u.congestionBytes = 1 << 20
+        ds = [u.read(i * 65536, 65536) for i in range(16)]
+        self.assertTrue(u.congested)
+        waited = u.whenUncongested()
+        self.assertNoResult(waited)
+        for d in ds:
+            self.wait(d)
+        self.successResultOf(waited)
+        self.assertFalse(u.congested)
+        self.assertEqual(u.bytesQueued, 0)
+
+    def test_splitReadHoldsNoBufferWhileQueued(self):
+        """A queued split read holds no result buffer before data comes."""
+        u = self.openUnit()
+        d = u.read(0, 1 << 20)
+        [req] = list(u.requests)
+        self.assertEqual(req.parts, [b""] * 8)
+        self.assertEqual(bytes(self.wait(d)), bytes(self.content[:1 << 20]))

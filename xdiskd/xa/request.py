@@ -64,11 +64,12 @@ class Request:
 
     @ivar probe: fail instead of waiting when no path exists (the seed's
         B_FAILONDIS): set for I/O issued while the unit is not open.
-    @ivar buffer: for a split read, the assembled result.
+    @ivar parts: for a split read, each chunk's data as it arrives; joined
+        once at the end (no buffer is held while the request waits).
     """
 
     __slots__ = ("unit", "cmd", "offset", "length", "probe", "deferred",
-                 "chunks", "pending", "failure", "buffer", "result",
+                 "chunks", "pending", "failure", "parts", "result",
                  "started", "cancelled")
 
     def __init__(self, unit: Any, cmd: int, offset: int, length: int,
@@ -82,7 +83,7 @@ class Request:
         self.chunks: List[Chunk] = []
         self.pending = 0
         self.failure: Optional[Failure] = None
-        self.buffer: Optional[bytearray] = None
+        self.parts: Optional[List[Any]] = None
         self.result: Any = None
         self.started = 0.0
         self.cancelled = False
@@ -95,8 +96,6 @@ class Request:
                                  0)]
         else:
             view = memoryview(data) if data is not None else None
-            if cmd == C.BLK_READ:
-                self.buffer = bytearray(self.length)
             chunks = []
             pos = 0
             i = 0
@@ -108,6 +107,8 @@ class Request:
                 pos += n
                 i += 1
             self.chunks = chunks
+            if cmd == C.BLK_READ:
+                self.parts = [b""] * len(chunks)
         self.pending = len(self.chunks)
         return self.chunks
 
@@ -116,22 +117,15 @@ class Request:
         if self.cmd == C.BLK_READ:
             n = chunk.length
             have = 0 if data is None else len(data)
-            if self.buffer is not None:
-                start = chunk.offset - self.offset
-                if have >= n:
-                    self.buffer[start:start + n] = memoryview(data)[:n]
-                else:
-                    if have:
-                        self.buffer[start:start + have] = data
-                    # §8.4: zero-extend short data (buffer starts zeroed,
-                    # but a re-issued chunk may land on old bytes).
-                    self.buffer[start + have:start + n] = bytes(n - have)
-            elif have == n:
-                self.result = data
-            elif have > n:
-                self.result = memoryview(data)[:n]
+            if have > n:
+                data = memoryview(data)[:n]
+            elif have < n:
+                # §8.4: zero-extend short data.
+                data = (bytes(data) if have else b"") + bytes(n - have)
+            if self.parts is not None:
+                self.parts[chunk.index] = data
             else:
-                self.result = (bytes(data) if have else b"") + bytes(n - have)
+                self.result = data
         self._settle()
 
     def chunkFailed(self, chunk: Chunk, failure: Failure) -> None:
@@ -144,13 +138,22 @@ class Request:
         if self.pending:
             return
         self.unit._requestDone(self)
+        # Request, chunks and Deferred (its canceller) form reference
+        # cycles that only the cyclic GC frees: drop every payload here,
+        # or the cycles would hold megabytes until a full collection.
+        parts, self.parts = self.parts, None
+        result, self.result = self.result, None
+        for chunk in self.chunks:
+            chunk.data = None
+        self.chunks = []
+        failure, self.failure = self.failure, None
         if self.cancelled:
             return
-        if self.failure is not None:
-            self.deferred.errback(self.failure)
+        if failure is not None:
+            self.deferred.errback(failure)
         elif self.cmd == C.BLK_READ:
-            self.deferred.callback(self.buffer if self.buffer is not None
-                                   else self.result)
+            self.deferred.callback(b"".join(parts) if parts is not None
+                                   else result)
         else:
             self.deferred.callback(None)
 

@@ -49,6 +49,10 @@ from xdiskd.xa.stats import UnitStats
 MAXTAGS = 64
 DEFAULT_MAX_IO = 131072          # DragonFly MAXPHYS
 TRIM_CHUNK = 1 << 30             # FREEBLKS length is a u32
+# READ/WRITE bytes accepted and not finished beyond which the unit reports
+# itself congested, so front ends stop taking requests (flat memory however
+# many clients there are).
+CONGESTION_BYTES = 32 << 20
 
 CLOSED = "closed"
 OPENING = "opening"
@@ -105,6 +109,9 @@ class XAUnit:
         self._retryCall: Any = None
         self._kickCall: Any = None
         self._closingTxn: Optional[Transaction] = None
+        self.bytesQueued = 0
+        self.congestionBytes = CONGESTION_BYTES
+        self._uncongestedWaiters: List[Deferred] = []
         self._stalledSince: Optional[float] = None
 
     def __repr__(self) -> str:
@@ -261,9 +268,13 @@ class XAUnit:
                     self._openFailed(msg.error or C.ERR_LOSTLINK)
                 elif self.state == OPEN:
                     self.stats.failovers += 1
+                    # Its I/O was re-queued just before (children fail
+                    # first, §6.8): one line per event, with the count.
                     self.log.info("{unit}: open via {link} lost ({e:#x}); "
+                                  "{queued} chunks queued for re-issue; "
                                   "re-opening", unit=self.name,
-                                  link=txn.link.name, e=msg.error)
+                                  link=txn.link.name, e=msg.error,
+                                  queued=len(self.queue))
                     self._setState(STALLED)
                     self._startOpen()
             elif txn is self._closingTxn:
@@ -364,6 +375,8 @@ class XAUnit:
         req.started = time.perf_counter()
         maxIO = TRIM_CHUNK if cmd == C.BLK_FREEBLKS else self.maxIO
         self.requests[req] = None
+        if cmd == C.BLK_READ or cmd == C.BLK_WRITE:
+            self.bytesQueued += length
         self.stats.start(cmd)
         for chunk in req.split(data, maxIO):
             self._seq += 1
@@ -467,8 +480,29 @@ class XAUnit:
     def _chunkFailed(self, chunk: Chunk, error: Exception) -> None:
         chunk.request.chunkFailed(chunk, Failure(error))
 
+    @property
+    def congested(self) -> bool:
+        """Too many request bytes accepted: front ends should wait."""
+        return self.bytesQueued >= self.congestionBytes
+
+    def whenUncongested(self) -> Deferred:
+        """Fires once the unit holds at most half its congestion bytes."""
+        if self.bytesQueued <= self.congestionBytes // 2:
+            return succeed(None)
+        d: Deferred = Deferred()
+        self._uncongestedWaiters.append(d)
+        return d
+
     def _requestDone(self, req: Request) -> None:
         self.requests.pop(req, None)
+        if req.cmd == C.BLK_READ or req.cmd == C.BLK_WRITE:
+            self.bytesQueued -= req.length
+            if (self._uncongestedWaiters
+                    and self.bytesQueued <= self.congestionBytes // 2):
+                waiters, self._uncongestedWaiters = (
+                    self._uncongestedWaiters, [])
+                for d in waiters:
+                    d.callback(None)
         self.stats.finish(req.cmd, req.length, req.failure is not None,
                           time.perf_counter() - req.started)
         if self.opencnt == 0:
