@@ -426,12 +426,15 @@ class Decoder:
                 total = hbytes + abytes
                 if end - pos < total:
                     break
-                hdr = view[pos:pos + hbytes]
+                # A private copy of the header (at most 2 KiB): no view of
+                # the buffer may outlive this step, or compacting it fails.
+                hdr = bytes(view[pos:pos + hbytes])
                 if self.verifyCRC:
-                    crc = crc32c(hdr[:_HDR_CRC_OFFSET])
+                    hv = memoryview(hdr)
+                    crc = crc32c(hv[:_HDR_CRC_OFFSET])
                     crc = crc32c(_ZERO4, crc)
                     if hbytes > C.HDR_SIZE:
-                        crc = crc32c(hdr[C.HDR_SIZE:], crc)
+                        crc = crc32c(hv[C.HDR_SIZE:], crc)
                     if crc != hdrCRC:
                         raise HeaderCRCError(
                             "bad hdr_crc %#010x, computed %#010x" % (
@@ -454,7 +457,6 @@ class Decoder:
                     ext = None
                 aux = (bytes(view[pos + hbytes:pos + hbytes + auxBytes])
                        if auxBytes else None)
-                hdr.release()
                 out.append(Message(cmd, msgid, circuit, error, ext, aux,
                                    salt, reserved02, verifier))
                 pos += total
