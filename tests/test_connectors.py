@@ -1,0 +1,76 @@
+"""
+Tests for L{xdiskd.connectors}: outbound links added and removed at run
+time, connection and reconnect counts, quiet retry logging.
+"""
+
+from twisted.application.service import MultiService
+from twisted.logger import Logger, globalLogPublisher
+from twisted.trial.unittest import TestCase
+
+from xdiskd.connectors import Connectors, _quietRetries
+from tests.opsstack import FakeDaemon, Net
+from tests.stack import exporterNode, importerNode, makeImage
+
+
+class ConnectorsTests(TestCase):
+    def setUp(self):
+        self.net = Net()
+        self.exp = exporterNode(self, [("serno/A", makeImage(self), False)])
+        self.net.nodes["a"] = self.exp
+        self.imp, self.clock = importerNode()
+        self.daemon = FakeDaemon(self.imp, self.net, self.clock)
+        self.connectors = self.daemon.connectors
+
+    def test_addCountsAndRemove(self):
+        c = self.connectors.add("mem:a")
+        self.net.flush()
+        self.assertEqual((c.connections, c.reconnects, c.up), (1, 0, True))
+        self.assertIs(self.connectors.forLink(c.link), c)
+        self.assertEqual(list(self.connectors), ["mem:a"])
+        # The exporter drops the link: down, then redialled.
+        [link] = list(self.exp.links)
+        link.close("test")
+        self.net.flush()
+        self.assertFalse(c.up)
+        self.assertIsNone(c.snapshot()["link"])
+        self.clock.advance(5)
+        self.net.flush()
+        self.assertEqual((c.connections, c.reconnects, c.up), (2, 1, True))
+        d = self.connectors.remove("mem:a")
+        self.net.flush()
+        self.assertIs(self.successResultOf(d), c)
+        self.assertFalse(c.service.running)
+        self.assertIsNone(c.service.parent)
+        self.assertEqual(self.imp.links, {})
+        self.clock.advance(60)
+        self.net.flush()
+        self.assertEqual((c.connections, self.imp.links), (2, {}))
+
+    def test_addErrors(self):
+        self.assertRaises(ValueError, self.connectors.add, "mem:nope")
+        self.connectors.add("mem:a")
+        self.assertRaises(ValueError, self.connectors.add, "mem:a")
+        self.assertRaises(KeyError, self.connectors.remove, "mem:b")
+
+    def test_notRunning(self):
+        """Added to a stopped parent: not dialled; removal just forgets."""
+        connectors = Connectors(MultiService(), self.net.endpoint,
+                                lambda d: None, clock=self.clock)
+        c = connectors.add("mem:a")
+        self.assertFalse(c.service.running)
+        self.assertEqual(self.net.pumps, [])
+        self.successResultOf(connectors.remove("mem:a"))
+        self.assertEqual(len(connectors), 0)
+
+
+class QuietRetriesTests(TestCase):
+    def test_powersOfTen(self):
+        seen = []
+        globalLogPublisher.addObserver(seen.append)
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
+        log = Logger(observer=_quietRetries)
+        for attempt in range(1, 1001):
+            log.info("retry {attempt}", attempt=attempt)
+        log.info("other")
+        self.assertEqual([e.get("attempt") for e in seen],
+                         [1, 10, 100, 1000, None])

@@ -1,0 +1,274 @@
+"""
+Prometheus metrics (text exposition format 0.0.4) over twisted.web:
+C{--metrics tcp:9100:interface=127.0.0.1} serves C{/metrics}.
+
+Everything is read from the live objects at scrape time; nothing is
+counted twice and nothing here runs per request.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from xdiskd.control.api import linkInflight
+from xdiskd.xa.stats import BUCKETS
+
+log = Logger()
+
+CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+
+Labels = Tuple[Tuple[str, str], ...]
+
+
+def escapeLabel(value: str) -> str:
+    """Label values escape backslash, double quote and newline."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace(
+        "\n", "\\n")
+
+
+def formatValue(value: float) -> str:
+    if value == float("inf"):
+        return "+Inf"
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    return repr(float(value))
+
+
+class Family:
+    """One metric family: C{# HELP}, C{# TYPE}, then its samples."""
+
+    def __init__(self, name: str, kind: str, help: str) -> None:
+        self.name = name
+        self.kind = kind
+        self.help = help
+        self.samples: List[Tuple[str, Labels, float]] = []
+
+    def add(self, labels: Dict[str, str], value: float,
+            suffix: str = "") -> None:
+        self.samples.append((self.name + suffix, tuple(labels.items()),
+                             value))
+
+    def render(self) -> Iterable[str]:
+        yield "# HELP %s %s" % (self.name, self.help)
+        yield "# TYPE %s %s" % (self.name, self.kind)
+        for name, labels, value in self.samples:
+            if labels:
+                text = ",".join('%s="%s"' % (k, escapeLabel(v))
+                                for k, v in labels)
+                yield "%s{%s} %s" % (name, text, formatValue(value))
+            else:
+                yield "%s %s" % (name, formatValue(value))
+
+
+class Registry:
+    """The families of one scrape, in order of first use."""
+
+    def __init__(self) -> None:
+        self.families: Dict[str, Family] = {}
+
+    def family(self, name: str, kind: str, help: str) -> Family:
+        f = self.families.get(name)
+        if f is None:
+            f = self.families[name] = Family(name, kind, help)
+        return f
+
+    def counter(self, name: str, help: str, labels: Dict[str, str],
+                value: float) -> None:
+        self.family(name, "counter", help).add(labels, value)
+
+    def gauge(self, name: str, help: str, labels: Dict[str, str],
+              value: float) -> None:
+        self.family(name, "gauge", help).add(labels, value)
+
+    def render(self) -> str:
+        lines: List[str] = []
+        for f in self.families.values():
+            lines.extend(f.render())
+        return "\n".join(lines) + "\n"
+
+
+def _units(r: Registry, importer: Any) -> None:
+    if importer is None:
+        return
+    for unit in importer.devices():
+        snap = unit.snapshot()
+        stats = snap["stats"]
+        base = {"unit": snap["name"], "serial": snap["serial"]}
+        r.gauge("xdiskd_unit_size_bytes", "Size of the unit.", base,
+                snap["size"])
+        r.gauge("xdiskd_unit_open", "Opens of the unit (NBD clients).",
+                base, snap["opencnt"])
+        r.gauge("xdiskd_unit_paths", "Live paths (spans) to the unit.",
+                base, len(snap["paths"]))
+        r.gauge("xdiskd_unit_stalled",
+                "1 while the unit is open without a usable path.", base,
+                1 if snap["state"] == "stalled" else 0)
+        for op, n in stats["ops"].items():
+            r.counter("xdiskd_unit_ops_total", "Requests completed.",
+                      dict(base, op=op), n)
+        for op in ("read", "write"):
+            r.counter("xdiskd_unit_bytes_total",
+                      "Bytes read or written successfully.",
+                      dict(base, op=op), stats["bytes"][op])
+        r.counter("xdiskd_unit_errors_total", "Requests that failed.",
+                  base, stats["errors"])
+        r.counter("xdiskd_unit_retries_total",
+                  "I/O chunks re-queued after a lost path or a "
+                  "non-media error.", base, stats["retries"])
+        r.counter("xdiskd_unit_failovers_total",
+                  "Opens lost while in use and re-opened.", base,
+                  stats["failovers"])
+        r.counter("xdiskd_unit_stalls_total",
+                  "Times the unit stalled without a usable path.", base,
+                  stats["stalls"])
+        r.gauge("xdiskd_unit_max_stall_seconds",
+                "Longest stall so far.", base, stats["maxStall"])
+        r.gauge("xdiskd_unit_inflight",
+                "I/O transactions on the wire.", base, snap["inflight"])
+        r.gauge("xdiskd_unit_queued",
+                "I/O chunks waiting for a tag or a path.", base,
+                snap["queued"])
+        hist = r.family("xdiskd_unit_latency_seconds", "histogram",
+                        "Request latency, submit to completion.")
+        cumulative = 0
+        for bound, n in zip(BUCKETS, stats["buckets"]):
+            cumulative += n
+            hist.add(dict(base, le=formatValue(bound)), cumulative,
+                     "_bucket")
+        hist.add(base, stats["latencySum"], "_sum")
+        hist.add(base, stats["latencyCount"], "_count")
+
+
+def _links(r: Registry, node: Any, connectors: Any) -> None:
+    inflight = linkInflight(node.importer)
+    for link in sorted(getattr(node, "links", ()), key=lambda l: l.id):
+        connector = connectors.forLink(link) if connectors else None
+        base = {"link": link.name, "id": str(link.id),
+                "origin": "connect" if connector is not None else "listen"}
+        r.gauge("xdiskd_link_up",
+                "1 once the link finished its LNK_CONN exchange.", base,
+                1 if link.connected and link.ready else 0)
+        r.counter("xdiskd_link_received_messages_total",
+                  "DMSG messages received.", base, link.messagesIn)
+        r.counter("xdiskd_link_sent_messages_total",
+                  "DMSG messages sent.", base, link.messagesOut)
+        r.counter("xdiskd_link_received_bytes_total",
+                  "Bytes received on the link.", base, link.bytesIn)
+        r.counter("xdiskd_link_violations_total",
+                  "Protocol-rule violations dropped.", base,
+                  getattr(link, "violations", 0))
+        r.gauge("xdiskd_link_inflight",
+                "Import-side I/O transactions in flight on the link.",
+                base, inflight.get(link, 0))
+    if connectors is None:
+        return
+    for c in connectors.connectors():
+        base = {"endpoint": c.endpoint}
+        r.gauge("xdiskd_connect_up",
+                "1 while the outbound link to the endpoint is up.", base,
+                1 if c.up else 0)
+        r.counter("xdiskd_connect_connections_total",
+                  "Connections made to the endpoint.", base, c.connections)
+        r.counter("xdiskd_connect_reconnects_total",
+                  "Connections made after the first one.", base,
+                  c.reconnects)
+
+
+def _exports(r: Registry, exporter: Any) -> None:
+    if exporter is None:
+        return
+    for export in list(exporter.exports.values()):
+        base = {"serial": export.serial}
+        r.gauge("xdiskd_export_size_bytes", "Size of the export.", base,
+                export.store.size)
+        r.gauge("xdiskd_export_spans",
+                "Links the export is advertised on.", base,
+                len(export.spans))
+        r.gauge("xdiskd_export_opens", "BLK_OPENs on the export.", base,
+                len(export.opens))
+        r.gauge("xdiskd_export_inflight", "I/O running on the store.",
+                base, export.inflight)
+        r.counter("xdiskd_export_ops_total", "I/O requests received.",
+                  base, export.ops)
+        r.counter("xdiskd_export_errors_total",
+                  "I/O requests answered with an error.", base,
+                  export.errors)
+
+
+def render(daemon: Any) -> str:
+    """The metrics text of a daemon (an L{xdiskd.service.XDiskService})."""
+    r = Registry()
+    node = daemon.node
+    _units(r, node.importer)
+    _links(r, node, getattr(daemon, "connectors", None))
+    _exports(r, node.exporter)
+    return r.render()
+
+
+class MetricsResource(Resource):
+    isLeaf = True
+
+    def __init__(self, daemon: Any) -> None:
+        Resource.__init__(self)
+        self.daemon = daemon
+
+    def render_GET(self, request: Any) -> bytes:
+        if request.postpath not in ([b"metrics"], [b"metrics", b""]):
+            request.setResponseCode(404)
+            request.setHeader(b"content-type", b"text/plain")
+            return b"metrics are at /metrics\n"
+        request.setHeader(b"content-type", CONTENT_TYPE)
+        return render(self.daemon).encode("utf-8")
+
+
+class QuietSite(Site):
+    """A Site that writes no access log: scrapes come every few seconds."""
+
+    noisy = False
+
+    def log(self, request: Any) -> None:
+        pass
+
+
+class _AnnouncingEndpoint:
+    """Logs the address actually bound (a port of 0 picks one)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def listen(self, factory: Any) -> Any:
+        def listening(port: Any) -> Any:
+            host = port.getHost()
+            log.info("metrics at http://{host}:{port}/metrics",
+                     host=getattr(host, "host", host),
+                     port=getattr(host, "port", ""))
+            return port
+        return self.inner.listen(factory).addCallback(listening)
+
+
+def metricsService(reactor: Any, desc: str, daemon: Any,
+                   name: Optional[str] = "metrics") -> \
+        StreamServerEndpointService:
+    """
+    The HTTP listener on C{desc}.
+
+    @raise ValueError: a bad endpoint description.
+    """
+    try:
+        ep = serverFromString(reactor, desc)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError("bad --metrics %r: %s" % (desc, e))
+    svc = StreamServerEndpointService(_AnnouncingEndpoint(ep),
+                                      QuietSite(MetricsResource(daemon)))
+    svc._raiseSynchronously = True
+    if name:
+        svc.setName(name)
+    return svc
