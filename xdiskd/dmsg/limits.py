@@ -1,0 +1,174 @@
+"""
+Per-link limits of the DMSG link layer: what one peer may make us hold.
+
+A link that exceeds one is closed with a log line naming the limit
+(C{limit transactions=8192 exceeded ...}); other links are not affected.
+The same names are used by C{--link-limit NAME=VALUE}.
+
+  - C{buffered}: bytes held for a link that are not yet handled: the
+    decoder's incomplete message plus messages decoded while reading is
+    paused.  A message is at most 2 KiB + 1 MiB (§1.3) and one read is at
+    most 1 MiB, so a sane peer stays below 4 MiB.
+  - C{transactions}: open transactions the peer created on the link
+    (the rx table, §6.3).
+  - C{children}: transactions the peer stacked on one parent (I/O under
+    one BLK_OPEN, spans at top level); the seed keeps 64 tags per open.
+  - C{inflight}: export I/O bytes accepted on the link and not finished
+    (payloads held plus reads promised).  Reading pauses at half of it;
+    messages are not dispatched while paused, so only a peer that gets
+    around the pause (or a configuration below one message) reaches it.
+  - C{handshake}: seconds from connection to a completed LNK_CONN
+    exchange both ways (§7.2); covers a TLS handshake that never ends.
+  - C{stall}: seconds an incomplete message may sit without progress
+    while we read, and seconds the peer may leave our replies unread
+    (transport send buffer full without a break).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Dict, Iterable, NamedTuple, Optional
+
+from xdiskd.dmsg import constants as C
+
+_SIZE = re.compile(r"^(\d+)([KMG]?)(i?B)?$", re.I)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+class LinkLimits(NamedTuple):
+    """The limits of one link (see the module docstring)."""
+
+    buffered: int = 8 << 20
+    transactions: int = 8192
+    children: int = 1024
+    inflight: int = 64 << 20
+    handshake: float = 30.0
+    stall: float = 120.0
+
+
+DEFAULT_LIMITS = LinkLimits()
+
+
+def _size(text: str) -> int:
+    m = _SIZE.match(text.strip())
+    if not m:
+        raise ValueError("bad size %r (e.g. 8M)" % (text,))
+    return int(m.group(1)) * _UNITS[m.group(2).upper()]
+
+
+def _count(text: str) -> int:
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    return float(text)
+
+
+_PARSERS: Dict[str, Callable[[str], Any]] = {
+    "buffered": _size,
+    "transactions": _count,
+    "children": _count,
+    "inflight": _size,
+    "handshake": _seconds,
+    "stall": _seconds,
+}
+
+#: Smallest values that still let a well-behaved peer work.
+_MINIMA: Dict[str, float] = {
+    "buffered": C.HDR_MAX + C.AUX_MAX,
+    "transactions": 2,
+    "children": 1,
+    "inflight": C.AUX_MAX,
+    "handshake": 0.1,
+    "stall": 0.1,
+}
+
+
+def parseLinkLimits(specs: Iterable[str],
+                    base: LinkLimits = DEFAULT_LIMITS) -> LinkLimits:
+    """
+    Apply C{NAME=VALUE} strings to C{base}.
+
+    @raise ValueError: unknown name, bad value, or below the minimum.
+    """
+    changes: Dict[str, Any] = {}
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        name = name.strip()
+        if not sep or name not in _PARSERS:
+            raise ValueError("bad link limit %r: want NAME=VALUE, NAME one "
+                             "of %s" % (spec, ", ".join(_PARSERS)))
+        try:
+            parsed = _PARSERS[name](value)
+        except ValueError:
+            raise ValueError("bad value for link limit %s: %r" % (
+                name, value))
+        if parsed < _MINIMA[name]:
+            raise ValueError("link limit %s=%s is below the minimum %s" % (
+                name, value, _MINIMA[name]))
+        changes[name] = parsed
+    return base._replace(**changes)
+
+
+class Watchdog:
+    """
+    The timers of one link: the C{handshake} deadline and the C{stall}
+    check, which runs every C{stall} seconds and closes the link when,
+    since the previous check, an incomplete message made no progress
+    while we were reading, or the peer left our replies unread throughout.
+
+    @param link: a L{xdiskd.dmsg.link.DMSGLink}.
+    @param clock: an C{IReactorTime}.
+    """
+
+    def __init__(self, link: Any, clock: Any, limits: LinkLimits) -> None:
+        self.link = link
+        self.clock = clock
+        self.limits = limits
+        self._handshakeCall: Any = None
+        self._stallCall: Any = None
+        self._partial: Optional[int] = None
+        self._writeBlocked: Optional[int] = None
+
+    def start(self) -> None:
+        self._handshakeCall = self.clock.callLater(
+            self.limits.handshake, self._handshakeDue)
+        self._stallCall = self.clock.callLater(self.limits.stall,
+                                               self._stallDue)
+
+    def stop(self) -> None:
+        for call in (self._handshakeCall, self._stallCall):
+            if call is not None and call.active():
+                call.cancel()
+        self._handshakeCall = self._stallCall = None
+
+    def _handshakeDue(self) -> None:
+        self._handshakeCall = None
+        link = self.link
+        if not (link.ready and link.peerConn is not None):
+            link.limitExceeded(
+                "handshake", self.limits.handshake,
+                "LNK_CONN not exchanged (ours answered: %s, theirs "
+                "received: %s)" % (link.ready, link.peerConn is not None))
+
+    def _stallDue(self) -> None:
+        self._stallCall = None
+        link = self.link
+        decoder = link.decoder
+        # Reading paused by us (I/O in flight) is not the peer's fault.
+        partial = (decoder.sequence if decoder.buffered
+                   and not link.readingPaused else None)
+        if partial is not None and partial == self._partial:
+            link.limitExceeded("stall", self.limits.stall,
+                               "%d bytes of an incomplete message, no "
+                               "progress" % (decoder.buffered,))
+            return
+        blocked = link.writeResumes if link.writeBlocked else None
+        if blocked is not None and blocked == self._writeBlocked:
+            link.limitExceeded("stall", self.limits.stall,
+                               "the peer reads none of our messages")
+            return
+        self._partial = partial
+        self._writeBlocked = blocked
+        self._stallCall = self.clock.callLater(self.limits.stall,
+                                               self._stallDue)

@@ -1,0 +1,229 @@
+"""
+Endpoint descriptions of the daemon beyond Twisted's own: C{tls:} in
+front of any stream endpoint, and what a listener exposes.
+
+C{tls:} wraps the endpoint after it in TLS configured by the C{--tls-*}
+options (L{xdiskd.tls.TLSConfig}):
+
+  - C{--listen tls:tcp:9870:interface=10.0.0.1}, C{--listen
+    tls:unix:/run/xdisk.sock}: a TLS server (mutual TLS by default);
+  - C{--connect tls:tcp:disk1.example.com:9870}: a TLS client that checks
+    the server's certificate against the host name (or IP address)
+    dialled; C{--connect tls:name=disk1.example.com:unix:/run/x.sock}
+    names the host to check where the endpoint has none.
+
+Twisted's own C{ssl:} server endpoints still work, without client
+certificates or allow-list.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, List, NamedTuple, Optional, Tuple
+
+from twisted.internet.endpoints import (
+    clientFromString, serverFromString, wrapClientTLS)
+from twisted.internet.interfaces import (
+    IStreamClientEndpoint, IStreamServerEndpoint)
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
+
+from xdiskd.tls import TLS_PREFIX, TLSConfig, TLSConfigError, isTLS
+
+
+def _split(desc: str) -> List[str]:
+    """Split at unescaped colons, undoing backslash escapes."""
+    parts: List[str] = []
+    cur: List[str] = []
+    chars = iter(desc)
+    for ch in chars:
+        if ch == "\\":
+            cur.append(next(chars, ""))
+        elif ch == ":":
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    parts.append("".join(cur))
+    return parts
+
+
+def _args(desc: str) -> Tuple[str, List[str], dict]:
+    """C{"tcp:80:interface=x"} → C{("tcp", ["80"], {"interface": "x"})}."""
+    parts = _split(desc)
+    positional, named = [], {}
+    for part in parts[1:]:
+        key, sep, value = part.partition("=")
+        if sep:
+            named[key] = value
+        else:
+            positional.append(part)
+    return parts[0], positional, named
+
+
+def splitTLS(desc: str) -> Tuple[Optional[str], str]:
+    """
+    C{"tls:name=h:unix:/s"} → C{("h", "unix:/s")}; C{"tls:tcp:h:1"} →
+    C{(None, "tcp:h:1")}.
+    """
+    rest = desc[len(TLS_PREFIX):]
+    name = None
+    if rest.startswith("name="):
+        head, sep, rest = rest.partition(":")
+        name = head[len("name="):]
+    return name, rest
+
+
+def tlsServerName(desc: str) -> str:
+    """
+    The name a C{tls:} client endpoint checks in the server certificate.
+
+    @raise ValueError: the endpoint has no host and no C{name=}.
+    """
+    name, inner = splitTLS(desc)
+    if name:
+        return name
+    kind, positional, named = _args(inner)
+    if kind in ("tcp", "tcp6"):
+        host = named.get("host") or (positional[0] if positional else "")
+        if host:
+            return host
+    raise ValueError("%s: say which server name to verify: "
+                     "tls:name=HOST:%s" % (desc, inner))
+
+
+@implementer(IStreamServerEndpoint)
+class TLSServerEndpoint:
+    """Listens on C{wrapped} and runs TLS on every connection."""
+
+    def __init__(self, wrapped: Any, contextFactory: Any) -> None:
+        self.wrapped = wrapped
+        self.contextFactory = contextFactory
+
+    def listen(self, protocolFactory: Any) -> Any:
+        return self.wrapped.listen(
+            TLSMemoryBIOFactory(self.contextFactory, False, protocolFactory))
+
+
+def serverEndpoint(reactor: Any, desc: str,
+                   tls: Optional[TLSConfig]) -> IStreamServerEndpoint:
+    """
+    A server endpoint for C{desc}, TLS-wrapped for C{tls:}.
+
+    @raise ValueError: (or TypeError/KeyError, as C{serverFromString})
+        for a bad description or a C{tls:} one without TLS configured.
+    """
+    if not isTLS(desc):
+        return serverFromString(reactor, desc)
+    if tls is None:
+        raise ValueError("%s: TLS is not configured (--tls-cert)" % (desc,))
+    _, inner = splitTLS(desc)
+    try:
+        options = tls.serverOptions()
+    except TLSConfigError as e:
+        raise ValueError(str(e))
+    return TLSServerEndpoint(serverFromString(reactor, inner), options)
+
+
+def clientEndpoint(reactor: Any, desc: str,
+                   tls: Optional[TLSConfig]) -> IStreamClientEndpoint:
+    """
+    A client endpoint for C{desc}, TLS-wrapped (server name verified)
+    for C{tls:}.
+
+    @raise ValueError: (or TypeError/KeyError, as C{clientFromString})
+        for a bad description or a C{tls:} one without TLS configured.
+    """
+    if not isTLS(desc):
+        return clientFromString(reactor, desc)
+    if tls is None:
+        raise ValueError("%s: TLS is not configured (--tls-ca)" % (desc,))
+    hostname = tlsServerName(desc)
+    _, inner = splitTLS(desc)
+    try:
+        options = tls.clientOptions(hostname)
+    except TLSConfigError as e:
+        raise ValueError(str(e))
+    return wrapClientTLS(options, clientFromString(reactor, inner))
+
+
+class Exposure(NamedTuple):
+    """
+    Who can reach a listener.
+
+    @ivar scope: C{"local"} (UNIX socket), C{"loopback"}, C{"network"}
+        (any interface or a non-loopback address) or C{"unknown"}.
+    @ivar where: the address, for log lines.
+    """
+
+    scope: str
+    where: str
+
+
+_ANY = {"tcp": "0.0.0.0", "ssl": "0.0.0.0", "tcp6": "::"}
+
+
+def exposure(desc: str) -> Exposure:
+    """Where the server endpoint C{desc} listens (C{tls:} looked through)."""
+    if isTLS(desc):
+        desc = splitTLS(desc)[1]
+    kind, positional, named = _args(desc)
+    if kind == "unix":
+        return Exposure("local", "UNIX socket %s" % (
+            positional[0] if positional else named.get("address", "?"),))
+    if kind not in _ANY:
+        return Exposure("unknown", desc)
+    interface = named.get("interface")
+    if interface is None and kind == "tcp" and len(positional) > 1:
+        interface = positional[1]
+    if not interface or interface in ("0.0.0.0", "::"):
+        return Exposure("network", "all interfaces (%s)" % (
+            interface or _ANY[kind],))
+    if interface == "localhost":
+        return Exposure("loopback", interface)
+    try:
+        loopback = ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        return Exposure("network", interface)
+    return Exposure("loopback" if loopback else "network", interface)
+
+
+_RISK = {"DMSG": "open and write the exports and offer spans",
+         "NBD": "read and write every unit"}
+
+
+def _protection(what: str, desc: str, tls: TLSConfig) -> str:
+    if what == "NBD":
+        if tls.nbdMode == "off":
+            return "without TLS"
+        if tls.nbdMode == "on":
+            return "with TLS optional (--nbd-tls on)"
+        return ("" if tls.nbdVerifiesClients
+                else "with TLS but no client certificates")
+    if isTLS(desc):
+        return "" if tls.clientAuth else "with TLS but no client certificates"
+    if desc.startswith("ssl:"):
+        return "with TLS but no client certificates"
+    return "without TLS"
+
+
+def listenerNotice(what: str, desc: str, tls: TLSConfig) -> Tuple[bool, str]:
+    """
+    The start-up log line for a listener: (warn?, text).  A listener
+    reachable from the network that lets in clients without a verified
+    certificate is a warning.
+    """
+    exp = exposure(desc)
+    head = "%s listening on %s" % (what, desc)
+    if exp.scope == "local":
+        return False, "%s (%s: local only)" % (head, exp.where)
+    if exp.scope == "loopback":
+        return False, "%s (loopback only: %s)" % (head, exp.where)
+    if exp.scope == "unknown":
+        return False, "%s (reach unknown)" % (head,)
+    weak = _protection(what, desc, tls)
+    if not weak:
+        return False, "%s (NOT loopback-only: %s; TLS with client " \
+                      "certificates)" % (head, exp.where)
+    return True, "%s: NOT loopback-only (%s) and %s: any host that can " \
+                 "reach it can %s" % (head, exp.where, weak, _RISK[what])
