@@ -47,12 +47,12 @@ class Tap:
     def __init__(self, link):
         self.decoder = Decoder(verifySalt=False)
         self.messages = []
-        write = link.transport.write
+        write = link._send
 
         def tappedWrite(data):
             self.messages.extend(self.decoder.feed(data))
             write(data)
-        link.transport.write = tappedWrite
+        link._send = tappedWrite
 
     def cmds(self):
         return [m.cmd for m in self.messages]

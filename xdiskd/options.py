@@ -24,7 +24,8 @@ from xdiskd.export.spec import ExportSpecError, parseExportSpec, \
 DEFAULT_NBD = "tcp:10809:interface=127.0.0.1"
 DEFAULT_STATE_DIR = "/var/lib/xdiskd"
 
-_LISTS = ("listen", "connect", "export", "nbd", "image", "readonly-unit")
+_LISTS = ("listen", "connect", "export", "nbd", "image", "readonly-unit",
+          "tls-allow", "nbd-tls-allow", "link-limit")
 _SIZE = re.compile(r"^(\d+)([KMGT]?)(i?B)?$", re.I)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -52,6 +53,13 @@ class Options(usage.Options):
         ["inline-io", None,
          "Do export-side disk I/O in the reactor thread (fast for files "
          "in the page cache; blocks on slow devices)."],
+        ["no-control", None, "Do not open the control socket."],
+        ["tls-no-client-auth", None,
+         "tls: listeners accept clients without a certificate (TLS then "
+         "only encrypts and authenticates the server)."],
+        ["nbd-tls-verify-client", None,
+         "NBD TLS clients must present a certificate signed by "
+         "--nbd-tls-ca (default --tls-ca)."],
     ]
     optParameters: List[List[Any]] = [
         ["config", "c", None, "INI config file ([xdiskd] section)."],
@@ -67,6 +75,32 @@ class Options(usage.Options):
         ["socket-mode", None, "600",
          "Octal mode of UNIX listening sockets without an explicit mode=."],
         ["hostname", None, None, "Host name used in labels."],
+        ["control", None, None,
+         "Control socket (UNIX, mode 0600) for the xdisk command "
+         "[default: <state-dir>/control.sock]."],
+        ["metrics", None, None,
+         "Serve Prometheus metrics at /metrics on a server endpoint, "
+         "e.g. tcp:9100:interface=127.0.0.1."],
+        ["log-format", None, "text",
+         "Log as readable text or as JSON objects, one per line "
+         "(text|json)."],
+        ["tls-cert", None, None,
+         "PEM certificate (then intermediates) for tls: DMSG endpoints."],
+        ["tls-key", None, None,
+         "Unencrypted PEM private key of --tls-cert [default: in it]."],
+        ["tls-ca", None, None,
+         "PEM CA certificates that sign DMSG peers' certificates."],
+        ["nbd-tls", None, "off",
+         "NBD STARTTLS: off, on (offered) or require."],
+        ["nbd-tls-cert", None, None,
+         "PEM certificate for NBD TLS [default: --tls-cert]."],
+        ["nbd-tls-key", None, None,
+         "PEM private key of --nbd-tls-cert [default: in it]."],
+        ["nbd-tls-ca", None, None,
+         "PEM CA certificates for NBD client certificates "
+         "[default: --tls-ca]."],
+        ["nbd-handshake-timeout", None, 30.0,
+         "Seconds an NBD client may take to reach transmission.", float],
     ]
 
     def __init__(self) -> None:
@@ -99,12 +133,26 @@ class Options(usage.Options):
         """Serve this unit (xaN or serial) read-only over NBD (repeatable)."""  # noqa
         self["readonly-unit"].append(name)
 
+    def opt_tls_allow(self, name: str) -> None:
+        """Accept only DMSG TLS peers whose certificate subject CN is NAME (repeatable)."""  # noqa
+        self["tls-allow"].append(name)
+
+    def opt_nbd_tls_allow(self, name: str) -> None:
+        """Accept only NBD TLS clients whose certificate subject CN is NAME (repeatable; implies --nbd-tls-verify-client)."""  # noqa
+        self["nbd-tls-allow"].append(name)
+
+    def opt_link_limit(self, spec: str) -> None:
+        """NAME=VALUE: a per-link DMSG limit (repeatable): buffered, transactions, children, inflight (bytes/counts), handshake, stall (seconds)."""  # noqa
+        self["link-limit"].append(spec)
+
     def parseArgs(self, *args: str) -> None:
         if args:
             raise usage.UsageError("unexpected arguments: %s" % (
                 " ".join(args),))
 
     def postOptions(self) -> None:
+        # Lists the command line gave override the file's (and reloads).
+        self.fromCommandLine = {k for k in _LISTS if self[k]}
         if self["config"]:
             self._loadConfig(self["config"])
         if not self["hostname"]:
@@ -134,6 +182,47 @@ class Options(usage.Options):
             self["nbd"] = [DEFAULT_NBD]
         if self["no-nbd"]:
             self["nbd"] = []
+        self._operations()
+        self._security()
+
+    def _security(self) -> None:
+        """TLS and link limits (README: Security); files checked now."""
+        from xdiskd.dmsg.limits import parseLinkLimits
+        from xdiskd.endpoints import tlsServerName
+        from xdiskd.tls import fromOptions, isTLS
+        try:
+            self["link-limits"] = parseLinkLimits(self["link-limit"])
+        except ValueError as e:
+            raise usage.UsageError(str(e))
+        if self["nbd-handshake-timeout"] <= 0:
+            raise usage.UsageError("--nbd-handshake-timeout must be > 0")
+        for desc in self["connect"]:
+            if isTLS(desc):
+                try:
+                    tlsServerName(desc)
+                except ValueError as e:
+                    raise usage.UsageError("--connect %s" % (e,))
+        self["tls"] = fromOptions(self)
+
+    def _operations(self) -> None:
+        """Control socket, metrics and log format (README: Operations)."""
+        if self["log-format"] not in ("text", "json"):
+            raise usage.UsageError("--log-format must be text or json")
+        if self["log-format"] == "json":
+            from xdiskd.control.logs import useJSON
+            useJSON(self.parent)
+        # A default control socket is skipped (with a warning) where the
+        # state dir is not writable; an explicit one must work.
+        self.controlIsDefault = not self["control"]
+        if self["no-control"]:
+            self["control"] = None
+        elif not self["control"]:
+            self["control"] = os.path.join(self["state-dir"],
+                                           "control.sock")
+        if self["control"] and len(os.fsencode(self["control"])) > 107:
+            raise usage.UsageError(
+                "control socket path longer than 107 bytes: %s" % (
+                    self["control"],))
 
     def _loadConfig(self, path: str) -> None:
         parser = configparser.ConfigParser(interpolation=None)
@@ -178,8 +267,10 @@ def serverEndpointString(desc: str, mode: str) -> str:
     """
     Make UNIX listeners private by default: add C{mode=} (octal, 600
     unless configured) and C{lockfile=1} (a stale socket of a dead daemon
-    is replaced) unless the description sets them.
+    is replaced) unless the description sets them; C{tls:} ones too.
     """
+    if desc.startswith("tls:"):
+        return "tls:" + serverEndpointString(desc[4:], mode)
     if desc.startswith("unix:"):
         if ":mode=" not in desc:
             desc += ":mode=" + mode

@@ -9,15 +9,17 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from twisted.application.internet import (
-    ClientService, StreamServerEndpointService, backoffPolicy)
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
+from xdiskd.connectors import Connectors
+from xdiskd.control.services import addOperationServices
 from xdiskd.dmsg.link import DMSGFactory
+from xdiskd.endpoints import clientEndpoint, listenerNotice, serverEndpoint
 from xdiskd.export.server import Exporter
 from xdiskd.export.store import StoreError, StorePoolService, openStore
 from xdiskd.node import Node
@@ -51,7 +53,13 @@ class XDiskService(MultiService):
     def __init__(self, node: Node) -> None:
         MultiService.__init__(self)
         self.node = node
-        self.connectors: dict = {}
+        # What run-time changes (xdiskd.control) need: outbound links by
+        # endpoint, and how to open stores as makeService did.
+        self.connectors: Any = {}
+        self.reactor: Any = None
+        self.pool: Any = None
+        self.inlineIO = False
+        self.reloader: Any = None
 
 
 def makeService(options: Options, reactor: Any = None) -> XDiskService:
@@ -93,26 +101,38 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
     # links close before exports are withdrawn and the pool stops last.
     pool.setServiceParent(top)
     NodeService(node).setServiceParent(top)
+    top.reactor = reactor
+    top.pool = pool
+    top.inlineIO = options["inline-io"]
 
+    tls = options["tls"]
+    limits = options["link-limits"]
     for desc in options["listen"]:
         desc = serverEndpointString(desc, options["socket-mode"])
         try:
-            ep = serverFromString(reactor, desc)
+            ep = serverEndpoint(reactor, desc, tls)
         except (ValueError, TypeError, KeyError) as e:
             raise usage.UsageError("bad --listen %r: %s" % (desc, e))
-        svc = StreamServerEndpointService(ep, DMSGFactory(node, "in"))
+        svc = StreamServerEndpointService(ep, DMSGFactory(
+            node, "in", limits=limits, clock=reactor,
+            peerCheck=tls.peerPolicy() if desc.startswith("tls:") else None))
         svc._raiseSynchronously = True
         svc.setServiceParent(top)
-        log.info("DMSG listening on {desc}", desc=desc)
+        warn, text = listenerNotice("DMSG", desc, tls)
+        (log.warn if warn else log.info)("{text}", text=text)
+    def connectEndpoint(desc: str) -> Any:
+        """A --connect (or xdisk attach) endpoint."""
+        return clientEndpoint(reactor, desc, tls)
+
+    top.connectors = Connectors(top, connectEndpoint,
+                                lambda desc: DMSGFactory(
+                                    node, desc, limits=limits, clock=reactor),
+                                clock=reactor)
     for desc in options["connect"]:
         try:
-            ep = clientFromString(reactor, desc)
-        except (ValueError, TypeError, KeyError) as e:
-            raise usage.UsageError("bad --connect %r: %s" % (desc, e))
-        cs = ClientService(ep, DMSGFactory(node, desc),
-                           retryPolicy=backoffPolicy(0.2, 5.0, 1.5))
-        cs.setServiceParent(top)
-        top.connectors[desc] = cs
+            top.connectors.add(desc)
+        except ValueError as e:
+            raise usage.UsageError("--connect: %s" % (e,))
     if importer is not None and options["nbd"]:
         from xdiskd.nbd.server import NBDServerFactory
         for desc in options["nbd"]:
@@ -121,11 +141,14 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
                 ep = serverFromString(reactor, desc)
             except (ValueError, TypeError, KeyError) as e:
                 raise usage.UsageError("bad --nbd %r: %s" % (desc, e))
-            svc = StreamServerEndpointService(ep, NBDServerFactory(importer))
+            svc = StreamServerEndpointService(ep, NBDServerFactory(
+                importer, tlsRequired=tls.nbdMode == "require",
+                tlsContextFactory=tls.nbdContextFactory(),
+                peerCheck=tls.nbdPeerPolicy(), clock=reactor,
+                handshakeTimeout=options["nbd-handshake-timeout"]))
             svc._raiseSynchronously = True
             svc.setServiceParent(top)
-            where = "loopback only" if "127.0.0.1" in desc or (
-                desc.startswith("unix:")) else "NOT loopback-only"
-            log.info("NBD listening on {desc} ({where})", desc=desc,
-                     where=where)
+            warn, text = listenerNotice("NBD", desc, tls)
+            (log.warn if warn else log.info)("{text}", text=text)
+    addOperationServices(top, options, reactor)
     return top

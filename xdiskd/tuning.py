@@ -27,6 +27,13 @@ def tuneTransport(transport: Any, chunk: int = IO_CHUNK,
             t.bufferSize = chunk
         if hasattr(t, "SEND_LIMIT"):
             t.SEND_LIMIT = chunk
+        setNoDelay = getattr(t, "setTcpNoDelay", None)
+        if setNoDelay is not None:
+            # Small DMSG/NBD messages must not wait for Nagle.
+            try:
+                setNoDelay(True)
+            except OSError:
+                pass
         getHandle = getattr(t, "getHandle", None)
         if getHandle is None:
             continue
@@ -36,3 +43,110 @@ def tuneTransport(transport: Any, chunk: int = IO_CHUNK,
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, sockbuf)
         except (AttributeError, OSError, TypeError):
             pass
+
+
+def eagerWriter(transport: Any) -> Any:
+    """
+    Return C{write(data)} for C{transport} that sends at once when
+    nothing is queued, instead of waiting for the next reactor turn.
+
+    Twisted's C{write} only queues and asks epoll for writability, so
+    every message costs an extra turn (epoll_ctl + epoll_wait) per hop:
+    that is latency on every request.  When the transport's buffers are
+    empty we call its own C{writeSomeData} (the same send Twisted would
+    do), and hand any rest or error to C{write} as usual.  Transports
+    without those internals (TLS, test transports) get plain C{write}.
+    """
+    write = transport.write
+    some = getattr(transport, "writeSomeData", None)
+    if some is None or not hasattr(transport, "_tempDataBuffer") or (
+            not hasattr(transport, "dataBuffer")):
+        return write
+    if getattr(type(transport), "writeSomeData", None) is None:
+        # A wrapper (TLSMemoryBIOProtocol for tls: links) forwards these
+        # attributes to the socket below it: sending there bypasses TLS.
+        return write
+
+    def eagerWrite(data: bytes) -> None:
+        t = transport
+        # TLS may start later (NBD STARTTLS): then Twisted's write
+        # encrypts, and writeSomeData would bypass it.  Never eager then.
+        if (t._tempDataBuffer or len(t.dataBuffer) > t.offset
+                or not t.connected or t.disconnecting
+                or getattr(t, "TLS", False)):
+            write(data)
+            return
+        n = some(data)
+        if type(n) is int:
+            if n == len(data):
+                return
+            write(data[n:] if n else data)
+        else:
+            # An error: queue it, and Twisted's own write path will find
+            # the connection lost and report it the usual way.
+            write(data)
+    return eagerWrite
+
+
+# ----------------------------------------------------------------------
+# Write batching.  While a protocol handles one chunk of received data it
+# often produces many messages (a batch of NBD requests becomes a batch of
+# DMSG I/Os; a batch of DMSG I/Os becomes a batch of replies).  Inside a
+# batch scope, writes are collected per transport and sent with one
+# syscall when the outermost scope ends, instead of one send each.
+
+_depth = 0
+_dirty: list = []
+BATCH_MESSAGE = 64 << 10     # messages this large are never held back
+BATCH_BYTES = 256 << 10      # a batch this large is sent at once
+
+
+class BatchWriter:
+    """Per-transport writer: eager outside a batch, collecting inside."""
+
+    __slots__ = ("send", "buf", "size")
+
+    def __init__(self, transport: Any) -> None:
+        self.send = eagerWriter(transport)
+        self.buf: list = []
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        n = len(data)
+        if _depth and n < BATCH_MESSAGE:
+            if not self.buf:
+                _dirty.append(self)
+            self.buf.append(data)
+            self.size += n
+            if self.size >= BATCH_BYTES:
+                self.flush()
+        else:
+            # Large payloads go at once: holding them back for a batch
+            # would stall the pipeline behind one big send (measured:
+            # 1 MiB reads at QD8 fell from ~1 GB/s to ~0.5 GB/s).
+            if self.buf:
+                self.flush()
+            self.send(data)
+
+    def flush(self) -> None:
+        """Send what is collected now (before a close, say)."""
+        buf = self.buf
+        if buf:
+            self.buf = []
+            self.size = 0
+            self.send(buf[0] if len(buf) == 1 else b"".join(buf))
+
+
+def beginBatch() -> None:
+    global _depth
+    _depth += 1
+
+
+def endBatch() -> None:
+    global _depth
+    _depth -= 1
+    if _depth == 0 and _dirty:
+        writers = _dirty[:]
+        del _dirty[:]
+        for w in writers:
+            w.flush()

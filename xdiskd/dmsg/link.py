@@ -25,17 +25,21 @@ so nothing about the children goes on the wire (§6.8, §7.4).
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, Dict, List, Optional
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import (
+    IHandshakeListener, IPushProducer, ISSLTransport)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from xdiskd.dmsg import constants as C
-from xdiskd.tuning import tuneTransport
+from xdiskd.dmsg.limits import DEFAULT_LIMITS, LinkLimits, Watchdog
+from xdiskd.tuning import (
+    BatchWriter, beginBatch, endBatch, tuneTransport)
 from xdiskd.dmsg.wire import (
     BytesLike, Decoder, Encoder, Extension, FramingError, LnkConn, Message)
 
@@ -62,11 +66,13 @@ class Transaction:
     @ivar ours: True if this side created it (we are the initiator).
     @ivar dying: failed locally; messages sent on it are dropped.
     @ivar data: free for the layer that owns the transaction.
+    @ivar peerChildren: how many of C{children} the peer created.
     """
 
     __slots__ = ("link", "msgid", "parent", "icmd", "ours", "txCreate",
                  "txDelete", "rxCreate", "rxDelete", "children", "handler",
-                 "onChild", "dying", "data", "_closedWaiters")
+                 "onChild", "dying", "data", "peerChildren",
+                 "_closedWaiters")
 
     def __init__(self, link: "DMSGLink", msgid: int,
                  parent: Optional["Transaction"], icmd: int,
@@ -85,6 +91,7 @@ class Transaction:
         self.onChild: Optional[Handler] = None
         self.dying = False
         self.data: Any = None
+        self.peerChildren = 0
         self._closedWaiters: Optional[List[Deferred]] = None
 
     def __repr__(self) -> str:
@@ -145,22 +152,31 @@ class Transaction:
         return d
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHandshakeListener)
 class DMSGLink(Protocol):
     """
     One DMSG connection.  The factory's C{receiver} (an
     L{xdiskd.interfaces.ILinkReceiver}) is told about the connection and
     its top-level transactions; this class handles framing, the
-    transaction tables, LNK_CONN (§7.2), PING and NOSUPP answers.
+    transaction tables, LNK_CONN (§7.2), PING and NOSUPP answers, and
+    enforces the link's L{LinkLimits} (timers only when given a C{clock}).
+
+    While reading is paused no message is handled: the rest of what was
+    already read waits in a backlog, so a layer that pauses (in-flight
+    I/O, a peer not reading our replies) stops the work at once.
 
     @ivar peerConn: the peer's LNK_CONN extension, once received.
     @ivar ready: our LNK_CONN has been answered with error 0.
+    @ivar peerCheck: None, or C{f(transport)} called once a TLS handshake
+        completes, returning None to go on or why the peer is refused.
     """
 
     log = Logger()
 
     def __init__(self, receiver: Any, name: str = "",
-                 verifyCRC: bool = True, verifySalt: bool = True) -> None:
+                 verifyCRC: bool = True, verifySalt: bool = True,
+                 limits: LinkLimits = DEFAULT_LIMITS,
+                 clock: Any = None) -> None:
         self.receiver = receiver
         self.id = next(_linkIds)
         self.name = name or "link%d" % (self.id,)
@@ -181,6 +197,15 @@ class DMSGLink(Protocol):
         self.bytesIn = 0
         self._pauses: Dict[str, None] = {}
         self._lostWaiters: List[Deferred] = []
+        self.limits = limits
+        self.peerCheck: Optional[Callable[[Any], Optional[str]]] = None
+        self.writeResumes = 0
+        self._backlog: Deque[Message] = deque()
+        self._backlogBytes = 0
+        self._draining = False
+        self._closing = False
+        self._watchdog = (Watchdog(self, clock, limits)
+                          if clock is not None else None)
 
     def __repr__(self) -> str:
         return "<DMSGLink %s>" % (self.name,)
@@ -194,11 +219,19 @@ class DMSGLink(Protocol):
             peer = self.transport.getPeer()  # type: ignore[union-attr]
             self.name = "link%d(%s)" % (self.id, _addr(peer))
         tuneTransport(self.transport)
-        self.transport.registerProducer(self, True)  # type: ignore
+        self._writer = BatchWriter(self.transport)
+        self._send = self._writer.write
+        if not ISSLTransport.providedBy(self.transport):
+            # Over TLS this waits for handshakeCompleted: TLS pauses its
+            # producer during the handshake, and pausing our reading then
+            # would starve the handshake.
+            self.transport.registerProducer(self, True)  # type: ignore
         self.connTxn = self.startTransaction(
             None, C.LNK_CONN, self.receiver.localConn(), None,
             self._connReply)
         self.log.info("{link}: connected, LNK_CONN sent", link=self.name)
+        if self._watchdog is not None:
+            self._watchdog.start()
         self.receiver.linkMade(self)
 
     def connectionLost(self, reason: Failure = Failure(
@@ -207,6 +240,10 @@ class DMSGLink(Protocol):
             return
         self.connected = False
         self.ready = False
+        if self._watchdog is not None:
+            self._watchdog.stop()
+        self._backlog.clear()
+        self._backlogBytes = 0
         # §7.4: nothing is sent; fail everything locally, deepest first.
         for child in list(self.root.children):
             self._abort(child, C.ERR_LOSTLINK)
@@ -229,12 +266,54 @@ class DMSGLink(Protocol):
         """Drop the connection now (abort, do not wait for the peer)."""
         if self.transport is not None and self.connected:
             self.log.info("{link}: closing: {why}", link=self.name, why=why)
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+            self._abortTransport()
+
+    def limitExceeded(self, name: str, value: Any, detail: str) -> None:
+        """Close the link because the peer went over limit C{name}."""
+        if self.transport is not None and self.connected:
+            self.log.warn("{link}: closing: limit {name}={value} exceeded: "
+                          "{detail}", link=self.name, name=name, value=value,
+                          detail=detail)
+            self._abortTransport()
+
+    def _abortTransport(self) -> None:
+        # Nothing more is handled, even before connectionLost arrives.
+        if not self._closing:
+            self._closing = True
+            self._backlog.clear()
+            self._backlogBytes = 0
+            self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def handshakeCompleted(self) -> None:
+        """
+        IHandshakeListener: TLS is up.  Log the peer's certificate
+        subject and let C{peerCheck} refuse it.
+        """
+        check = self.peerCheck
+        why = check(self.transport) if check is not None else None
+        if why is not None:
+            self.log.warn("{link}: refusing TLS peer: {why}",
+                          link=self.name, why=why)
+            self._abortTransport()
+        else:
+            self.log.info("{link}: TLS up, peer {subject}", link=self.name,
+                          subject=_peerSubject(self.transport))
+            self.transport.registerProducer(self, True)  # type: ignore
 
     # ---------------------------------------------------------------
     # Back-pressure.  Reading stops while any reason holds: the
     # transport's write buffer is full ("write", via IPushProducer) or a
-    # layer above has too much in flight.
+    # layer above has too much in flight.  Messages already read wait in
+    # the backlog and are handled, in order, once every reason is gone.
+
+    @property
+    def readingPaused(self) -> bool:
+        return bool(self._pauses)
+
+    @property
+    def writeBlocked(self) -> bool:
+        """The transport's send buffer is full (the peer is not reading)."""
+        return "write" in self._pauses
 
     def pauseReading(self, reason: str) -> None:
         if not self._pauses and self.transport is not None:
@@ -243,13 +322,17 @@ class DMSGLink(Protocol):
 
     def resumeReading(self, reason: str) -> None:
         if self._pauses.pop(reason, 0) is None and not self._pauses:
-            if self.transport is not None and self.connected:
+            if self._backlog:
+                self._drain()
+            if self.transport is not None and self.connected and (
+                    not self._pauses):
                 self.transport.resumeProducing()  # type: ignore
 
     def pauseProducing(self) -> None:
         self.pauseReading("write")
 
     def resumeProducing(self) -> None:
+        self.writeResumes += 1
         self.resumeReading("write")
 
     def stopProducing(self) -> None:
@@ -259,25 +342,84 @@ class DMSGLink(Protocol):
     # Receiving
 
     def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        beginBatch()
+        try:
+            self._dataReceived(data)
+        finally:
+            endBatch()
+
+    def _dataReceived(self, data: bytes) -> None:
         self.bytesIn += len(data)
         try:
             messages = self.decoder.feed(data)
         except FramingError as e:
             self.log.warn("{link}: framing error, closing: {cause}: {e}",
                           link=self.name, cause=type(e).__name__, e=e)
-            self.transport.abortConnection()  # type: ignore[union-attr]
+            self._abortTransport()
             return
-        for msg in messages:
-            if not self.connected:
-                return
-            self.messagesIn += 1
+        if self._pauses or self._draining or self._backlog:
+            self._queue(messages, 0)
+        else:
+            self._draining = True
             try:
-                self._receive(msg)
-            except Exception:
-                self.log.failure("{link}: error handling {msg}, closing",
-                                 link=self.name, msg=msg)
-                self.transport.abortConnection()  # type: ignore
-                return
+                for i, msg in enumerate(messages):
+                    if not self._handle(msg):
+                        break
+                    if self._pauses:
+                        self._queue(messages, i + 1, front=True)
+                        break
+            finally:
+                self._draining = False
+        if self._backlog and not self._pauses:
+            self._drain()
+        held = self.decoder.buffered + self._backlogBytes
+        if held > self.limits.buffered:
+            self.limitExceeded("buffered", self.limits.buffered,
+                               "%d bytes not yet handled" % (held,))
+
+    def _queue(self, messages: List[Message], start: int,
+               front: bool = False) -> None:
+        # front: these were read before anything already queued.
+        if self._closing:
+            return
+        rest = messages[start:]
+        if front:
+            self._backlog.extendleft(reversed(rest))
+        else:
+            self._backlog.extend(rest)
+        for msg in rest:
+            self._backlogBytes += _wireSize(msg)
+
+    def _drain(self) -> None:
+        """Handle the backlog, in order, while reading is not paused."""
+        if self._draining:
+            return
+        self._draining = True
+        try:
+            backlog = self._backlog
+            while backlog and not self._pauses:
+                msg = backlog.popleft()
+                self._backlogBytes -= _wireSize(msg)
+                if not self._handle(msg):
+                    break
+        finally:
+            self._draining = False
+
+    def _handle(self, msg: Message) -> bool:
+        """Handle one message; False once the link is going away."""
+        if not self.connected or self._closing:
+            return False
+        self.messagesIn += 1
+        try:
+            self._receive(msg)
+        except Exception:
+            self.log.failure("{link}: error handling {msg}, closing",
+                             link=self.name, msg=msg)
+            self._abortTransport()
+            return False
+        return True
 
     def _violation(self, why: str, msg: Message) -> None:
         """A state-rule violation: drop the message, log (rate-limited)."""
@@ -304,6 +446,16 @@ class DMSGLink(Protocol):
                     # §6.8: late message under a parent that is gone.
                     return self._violation("no open parent", msg)
                 parent = p
+            limits = self.limits
+            if len(self.rx) >= limits.transactions:
+                return self.limitExceeded(
+                    "transactions", limits.transactions,
+                    "%d open transactions of the peer" % (len(self.rx),))
+            if parent.peerChildren >= limits.children:
+                return self.limitExceeded(
+                    "children", limits.children,
+                    "%d transactions of the peer under %r" % (
+                        parent.peerChildren, parent))
             txn = Transaction(self, msg.msgid, parent,
                               cmd & C.BASECMDMASK, False)
             txn.rxCreate = True
@@ -311,6 +463,7 @@ class DMSGLink(Protocol):
                 txn.rxDelete = True
             self.rx[msg.msgid] = txn
             parent.children[txn] = None
+            parent.peerChildren += 1
             onChild = parent.onChild
             if onChild is None or onChild(txn, msg) is False:
                 # §6.9: unsupported new transaction → NOSUPP return.
@@ -446,8 +599,7 @@ class DMSGLink(Protocol):
             self.messagesOut += 1
             # Twisted transports take only bytes and join their buffers
             # anyway: one join here is the one payload copy we pay.
-            self.transport.write(  # type: ignore[union-attr]
-                b"".join(self.encoder.encode(msg)))
+            self._send(b"".join(self.encoder.encode(msg)))
 
     # ---------------------------------------------------------------
     # Teardown
@@ -496,13 +648,33 @@ class DMSGLink(Protocol):
         table = self.tx if txn.ours else self.rx
         if table.get(txn.msgid) is txn:
             del table[txn.msgid]
-        if txn.parent is not None:
-            txn.parent.children.pop(txn, None)
+        parent = txn.parent
+        if parent is not None and txn in parent.children:
+            del parent.children[txn]
+            if not txn.ours:
+                parent.peerChildren -= 1
         waiters = txn._closedWaiters
         if waiters:
             txn._closedWaiters = None
             for d in waiters:
                 d.callback(txn)
+
+
+def _wireSize(msg: Message) -> int:
+    """Bytes C{msg} took on the wire (without aux padding)."""
+    aux = msg.aux
+    return (msg.cmd & C.SIZE) * C.ALIGN + (len(aux) if aux is not None
+                                            else 0)
+
+
+def _peerSubject(transport: Any) -> str:
+    get = getattr(transport, "getPeerCertificate", None)
+    cert = get() if get is not None else None
+    if cert is None:
+        return "without a certificate"
+    # pyOpenSSL's X509 (Twisted's TLS) or a cryptography certificate.
+    cert = getattr(cert, "to_cryptography", lambda: cert)()
+    return str(cert.subject.rfc4514_string())
 
 
 def _closeOnDelete(txn: Transaction, msg: Message) -> None:
@@ -528,15 +700,23 @@ class DMSGFactory(Factory):
     """
 
     def __init__(self, receiver: Any, name: str = "",
-                 verifyCRC: bool = True, verifySalt: bool = True) -> None:
+                 verifyCRC: bool = True, verifySalt: bool = True,
+                 limits: LinkLimits = DEFAULT_LIMITS, clock: Any = None,
+                 peerCheck: Optional[Callable[[Any], Optional[str]]] = None
+                 ) -> None:
         self.receiver = receiver
         self.name = name
         self.verifyCRC = verifyCRC
         self.verifySalt = verifySalt
+        self.limits = limits
+        self.clock = clock
+        self.peerCheck = peerCheck
 
     def buildProtocol(self, addr: Any) -> DMSGLink:
         link = DMSGLink(self.receiver, verifyCRC=self.verifyCRC,
-                        verifySalt=self.verifySalt)
+                        verifySalt=self.verifySalt, limits=self.limits,
+                        clock=self.clock)
+        link.peerCheck = self.peerCheck
         if self.name:
             link.name = "link%d(%s)" % (link.id, self.name)
         link.factory = self

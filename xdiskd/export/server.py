@@ -268,6 +268,16 @@ class Exporter:
                               "refusing writes on this open",
                               link=txn.link.name, serial=export.serial)
             return self._refuse(export, txn)
+        if icmd == C.BLK_READ or icmd == C.BLK_WRITE:
+            # Hard cap (limits.py): reading pauses long before this.
+            cap = txn.link.limits.inflight
+            held0 = self.links[txn.link].inflightBytes if (
+                txn.link in self.links) else 0
+            if held0 + length > cap:
+                txn.link.limitExceeded(
+                    "inflight", cap, "%d bytes of export I/O in flight, "
+                    "%d more asked" % (held0, length))
+                return True
         store = export.store
         if icmd == C.BLK_READ:
             d = store.read(offset, length)
@@ -290,7 +300,7 @@ class Exporter:
         ls = self.links.get(link)
         if ls is not None and held:
             ls.inflightBytes += held
-            if ls.inflightBytes > self.linkInflight and not ls.paused:
+            if ls.inflightBytes > self._soft(link) and not ls.paused:
                 ls.paused = True
                 link.pauseReading("export-io")
         d.addCallbacks(self._ioOK, self._ioFailed,
@@ -298,6 +308,10 @@ class Exporter:
                        errbackArgs=(txn, export))
         d.addBoth(self._ioFinished, export, ls, link, held)
         return True
+
+    def _soft(self, link: DMSGLink) -> int:
+        """In-flight bytes at which reading from C{link} pauses."""
+        return min(self.linkInflight, link.limits.inflight // 2)
 
     def _refuse(self, export: Export, txn: Transaction) -> bool:
         export.errors += 1
@@ -324,6 +338,6 @@ class Exporter:
         export._ioDone()
         if ls is not None and held:
             ls.inflightBytes -= held
-            if ls.paused and ls.inflightBytes <= self.linkInflight // 2:
+            if ls.paused and ls.inflightBytes <= self._soft(link) // 2:
                 ls.paused = False
                 link.resumeReading("export-io")

@@ -10,9 +10,10 @@ bytes, bounds the work in flight, and owns the connection's lifetime
 
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from xdiskd.tuning import tuneTransport
+from xdiskd.tuning import (
+    BatchWriter, beginBatch, endBatch, tuneTransport)
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -26,20 +27,25 @@ from xdiskd.nbd.options import (CLOSE, STARTTLS, TRANSMIT, Decision, Export,
 log = Logger(namespace="xdiskd.nbd.server")
 
 #: Default bound on READ/WRITE bytes in flight per connection.
-MAX_INFLIGHT_BYTES = 64 * 1024 * 1024
+MAX_INFLIGHT_BYTES = 32 * 1024 * 1024
 #: Default bound on requests in flight per connection.
 MAX_INFLIGHT_REQUESTS = 1024
 #: Default bound on reply bytes written after the transport reported a
 #: full send buffer.
-MAX_BUFFERED_BYTES = 64 * 1024 * 1024
+MAX_BUFFERED_BYTES = 8 * 1024 * 1024
 
 # reasons to stop reading from the client
 _PAUSE_INFLIGHT = 1
 _PAUSE_TRANSPORT = 2
 _PAUSE_STOPPED = 4
+_PAUSE_DEVICE = 8
+_PAUSE_OPENING = 16     # GO/EXPORT_NAME waits for the device to open
+
+#: Default seconds from connection to the transmission phase.
+HANDSHAKE_TIMEOUT = 30.0
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHandshakeListener)
 class NBDServerProtocol(Protocol):
     """
     One NBD connection, server side.
@@ -72,6 +78,7 @@ class NBDServerProtocol(Protocol):
         self._logged: Set[type] = set()
         self._suppressed = 0
         self._closedWaiters: List[Deferred] = []
+        self._handshakeCall: Any = None
 
     # -- Twisted callbacks -------------------------------------------------
     def connectionMade(self) -> None:
@@ -85,18 +92,29 @@ class NBDServerProtocol(Protocol):
         self._connected = True
         f.connections.add(self)
         tuneTransport(self.transport)
+        self._writer = BatchWriter(self.transport)
+        self._send = self._writer.write
         self.transport.registerProducer(self, True)
         self.transport.write(self._conn.greeting())
+        if f.clock is not None:
+            # Slow-loris guard: haggling (and TLS) must end in time.
+            self._handshakeCall = f.clock.callLater(f.handshakeTimeout,
+                                                    self._handshakeDue)
 
     def dataReceived(self, data: bytes) -> None:
         if self._stopped:
             return
-        self._conn.receiveData(data)
-        self._drain()
+        beginBatch()
+        try:
+            self._conn.receiveData(data)
+            self._drain()
+        finally:
+            endBatch()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._connected = False
         self._stopped = True
+        self._cancelHandshakeTimer()
         pending, self._pending = self._pending, {}
         for d in pending.values():
             d.cancel()
@@ -218,6 +236,9 @@ class NBDServerProtocol(Protocol):
     def _option(self, event: wire.OptionRequest) -> None:
         result = self._negotiator.handleOption(event.option, event.data)
         if isinstance(result, Deferred):
+            if not result.called:
+                # Read nothing more until the device has opened.
+                self._pause(_PAUSE_OPENING)
             result.addCallback(self._decided).addErrback(self._bug)
         else:
             self._decided(result)
@@ -230,7 +251,8 @@ class NBDServerProtocol(Protocol):
                 self._closeDevice(export.device)
             return
         if decision.replies:
-            self.transport.writeSequence(decision.replies)
+            # Counted like replies: a client that never reads stops us.
+            self._write(decision.replies)
         action = decision.action
         if action == CLOSE:
             self._close()
@@ -240,14 +262,56 @@ class NBDServerProtocol(Protocol):
             self._enterTransmission(export)
             self._conn.startTransmission()
         elif action == STARTTLS:
+            if self._conn.buffered:
+                # Plaintext sent after STARTTLS would be read as if it had
+                # come through TLS (STARTTLS command injection).
+                log.warn("NBD client {peer} sent data after STARTTLS "
+                         "before the TLS handshake; closing",
+                         peer=_peer(self.transport))
+                self._abort()
+                return
             self._conn.resumeOptions()
+            # The ACK must leave in clear before TLS starts.
+            self._writer.flush()
             self.transport.startTLS(self.factory.tlsContextFactory)
             self._negotiator.tlsStarted()
         elif self._conn.held:
             self._conn.resumeOptions()
-        self._drain()
+        if self._pauses & _PAUSE_OPENING:
+            self._unpause(_PAUSE_OPENING)
+        else:
+            self._drain()
+
+    def handshakeCompleted(self) -> None:
+        """IHandshakeListener: STARTTLS finished; vet the client."""
+        check = self.factory.peerCheck
+        why = check(self.transport) if check is not None else None
+        if why is not None:
+            log.warn("NBD client {peer}: refusing TLS client: {why}",
+                     peer=_peer(self.transport), why=why)
+            self._abort()
+
+    def _handshakeDue(self) -> None:
+        self._handshakeCall = None
+        if self._transmission is not None or self._stopped:
+            return
+        f = self.factory
+        if self._pauses & _PAUSE_OPENING:
+            # We are the slow side (the device is opening): wait on.
+            self._handshakeCall = f.clock.callLater(f.handshakeTimeout,
+                                                    self._handshakeDue)
+            return
+        log.warn("NBD client {peer} did not finish the handshake in {t}s; "
+                 "closing", peer=_peer(self.transport), t=f.handshakeTimeout)
+        self._abort()
+
+    def _cancelHandshakeTimer(self) -> None:
+        call, self._handshakeCall = self._handshakeCall, None
+        if call is not None and call.active():
+            call.cancel()
 
     def _enterTransmission(self, export: Export) -> None:
+        self._cancelHandshakeTimer()
         self._device = export.device
         locks = self.factory.locksFor(export.device)
         self._transmission = Transmission(export, locks, self._unexpected)
@@ -267,6 +331,14 @@ class NBDServerProtocol(Protocol):
         d = self._transmission.handle(req)
         if not d.called:
             self._pending[key] = d
+        device = self._device
+        if (getattr(device, "congested", False)
+                and not self._pauses & _PAUSE_DEVICE):
+            # The unit holds enough for every client: wait until it
+            # drains, so memory stays flat as clients are added.
+            self._pause(_PAUSE_DEVICE)
+            device.whenUncongested().addCallback(  # type: ignore
+                lambda _: self._unpause(_PAUSE_DEVICE))
         d.addCallback(self._replied, key, cost).addErrback(self._bug)
 
     def _replied(self, pieces: Optional[List[bytes]], key: int,
@@ -284,7 +356,7 @@ class NBDServerProtocol(Protocol):
             self._close()
 
     def _write(self, pieces: List[bytes]) -> None:
-        self.transport.writeSequence(pieces)
+        self._send(pieces[0] if len(pieces) == 1 else b"".join(pieces))
         if self._transportFull:
             self._writtenSinceFull += sum(map(len, pieces))
             if self._writtenSinceFull > self.factory.maxBufferedBytes:
@@ -303,9 +375,17 @@ class NBDServerProtocol(Protocol):
         self._closing = True
         self._stopped = True
         if self._connected:
+            # Replies collected in this batch go out before the close.
+            self._writer.flush()
             # A registered producer would keep the transport open.
             self.transport.unregisterProducer()
             self.transport.loseConnection()
+
+    def _abort(self) -> None:
+        """Close without flushing: the client may not be reading at all."""
+        self._close()
+        if self._connected:
+            self.transport.abortConnection()
 
     # -- failures ----------------------------------------------------------
     def _closeDevice(self, device: Any) -> None:
@@ -347,6 +427,14 @@ class NBDServerFactory(Factory):
     @param discardLimit: WRITEs above C{maxPayload} and up to this have
         their payload skipped and get EINVAL; larger ones close the
         connection.
+    @param peerCheck: None, or C{f(transport)} called when STARTTLS's
+        handshake is done, returning None or why the client is refused
+        (see L{xdiskd.tls.PeerPolicy}).
+    @param clock: an C{IReactorTime} for the handshake timeout (None: no
+        timeout).
+    @param handshakeTimeout: seconds from connection to transmission;
+        slower clients are disconnected (time spent opening the device
+        does not count).
     @ivar connections: the live L{NBDServerProtocol}s.
     """
 
@@ -359,9 +447,14 @@ class NBDServerFactory(Factory):
                  maxInflightBytes: int = MAX_INFLIGHT_BYTES,
                  maxInflightRequests: int = MAX_INFLIGHT_REQUESTS,
                  maxBufferedBytes: int = MAX_BUFFERED_BYTES,
-                 discardLimit: int = wire.DISCARD_LIMIT) -> None:
+                 discardLimit: int = wire.DISCARD_LIMIT,
+                 peerCheck: Any = None, clock: Any = None,
+                 handshakeTimeout: float = HANDSHAKE_TIMEOUT) -> None:
         if tlsRequired and tlsContextFactory is None:
             raise ValueError("tlsRequired needs a tlsContextFactory")
+        self.peerCheck = peerCheck
+        self.clock = clock
+        self.handshakeTimeout = handshakeTimeout
         self.registry = registry
         self.tlsRequired = tlsRequired
         self.tlsContextFactory = tlsContextFactory

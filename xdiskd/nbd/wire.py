@@ -220,6 +220,11 @@ class NBDServerConnection:
         """True while waiting for L{startTransmission}/L{resumeOptions}."""
         return self._state is _HELD
 
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet consumed (payloads not counted)."""
+        return len(self._buf) - self._pos
+
     def greeting(self) -> bytes:
         """Return the bytes the server sends first."""
         return _GREETING.pack(NBDMAGIC, IHAVEOPT, self.handshakeFlags)
