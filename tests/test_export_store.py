@@ -838,7 +838,7 @@ class StorePoolServiceTests(TestCase):
     def test_lifecycle(self) -> Deferred[Any]:
         service = StorePoolService(threads=2)
         self.assertFalse(service.pool.started)
-        self.assertEqual(service.pool.max, 2)
+        self.assertEqual(service.pool.threads, 2)
         directory = self.mktemp()
         os.makedirs(directory)
         path = os.path.join(directory, "disk.img")

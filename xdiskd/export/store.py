@@ -28,17 +28,17 @@ import fcntl
 import os
 import stat
 import struct
-from typing import TYPE_CHECKING, Callable, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from xdiskd.export.pool import LeanPool, submit
 from xdiskd.errors import (
     MediaError,
     NotOpenError,
@@ -131,8 +131,10 @@ class StorePoolService(Service):
     @ivar pool: The L{ThreadPool} to pass to L{openStore}.
     """
 
-    def __init__(self, threads: int = DEFAULT_POOL_THREADS) -> None:
-        self.pool = makeStorePool(threads)
+    def __init__(self, threads: int = DEFAULT_POOL_THREADS,
+                 lean: bool = True) -> None:
+        self.pool: Any = (LeanPool(threads) if lean
+                          else makeStorePool(threads))
 
     def startService(self) -> None:
         Service.startService(self)
@@ -544,7 +546,7 @@ class FileStore:
             except Exception:
                 return defer.fail()
         self._inFlight += 1
-        d = deferToThreadPool(self._reactor, self._pool, self._call, what, f, *args)
+        d = submit(self._reactor, self._pool, self._call, what, f, *args)
         d.addBoth(self._opDone)
         return d
 
@@ -560,7 +562,7 @@ class FileStore:
         if self._pool is None or not self._pool.started:
             d = defer.maybeDeferred(self._call, "close", os.close, self._fd)
         else:
-            d = deferToThreadPool(self._reactor, self._pool, self._call, "close", os.close, self._fd)
+            d = submit(self._reactor, self._pool, self._call, "close", os.close, self._fd)
         d.addBoth(self._fdClosed)
 
     def _fdClosed(self, result: Optional[Failure]) -> None:
