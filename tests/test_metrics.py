@@ -157,6 +157,25 @@ class MetricsTests(TestCase):
         samples, _ = self.scrape()
         self.assertEqual(value(samples, "xdiskd_link_inflight"), 0)
 
+    def test_linkIOCounters(self):
+        """Per-link I/O ops and bytes move with I/O on that link."""
+        run(self.net.pumps, self.unit.open())
+        run(self.net.pumps, self.unit.write(0, b"x" * 8192))
+        run(self.net.pumps, self.unit.read(0, 4096))
+        samples, types = self.scrape()
+        self.assertEqual(types["xdiskd_link_io_ops_total"], "counter")
+        self.assertEqual(value(samples, "xdiskd_link_io_ops_total",
+                               side="import"), 2)
+        self.assertEqual(value(samples, "xdiskd_link_io_bytes_total",
+                               side="import"), 8192 + 4096)
+        self.assertEqual(value(samples, "xdiskd_link_io_errors_total",
+                               side="import"), 0)
+        self.assertEqual(value(samples, "xdiskd_link_io_retries_total"), 0)
+        # The exporter's side of the same link served them.
+        [link] = list(self.exp.links)
+        self.assertEqual((link.io.exportOps, link.io.exportBytes),
+                         (2, 8192 + 4096))
+
     def test_exports(self):
         samples, _ = self.scrape(FakeDaemon(self.exp))
         self.assertEqual(value(samples, "xdiskd_export_spans",

@@ -178,6 +178,10 @@ class IOTests(Base):
 
     def test_otherErrorRequeuedWithBackoff(self):
         """Errors other than 0x22 re-queue (seed rule), after a delay."""
+        from twisted.logger import formatEvent, globalLogPublisher
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
         u = self.openUnit()
         self._failChunk(0, C.ERR_PARAM, times=3)
         d = u.read(0, 512)
@@ -187,6 +191,11 @@ class IOTests(Base):
         self.assertEqual(bytes(self.successResultOf(d)),
                          bytes(self.content[:512]))
         self.assertEqual(u.stats.retries, 3)
+        # Said once (not per retry), naming the error.
+        said = [formatEvent(e) for e in events
+                if "re-queued with back-off" in formatEvent(e)]
+        self.assertEqual(len(said), 1)
+        self.assertIn("error 0x23", said[0])
 
     def test_shortReadZeroExtended(self):
         """§8.4: short read data is zero-extended."""

@@ -168,6 +168,23 @@ def _links(r: Registry, node: Any, connectors: Any) -> None:
         r.gauge("xdiskd_link_inflight",
                 "Import-side I/O transactions in flight on the link.",
                 base, inflight.get(link, 0))
+        io = link.io
+        for side, ops, nbytes, errors in (
+                ("import", io.importOps, io.importBytes, io.importErrors),
+                ("export", io.exportOps, io.exportBytes, io.exportErrors)):
+            labels = dict(base, side=side)
+            r.counter("xdiskd_link_io_ops_total",
+                      "BLK I/O transactions completed on the link (import: "
+                      "sent by us; export: served by us).", labels, ops)
+            r.counter("xdiskd_link_io_bytes_total",
+                      "READ/WRITE bytes moved over the link.", labels,
+                      nbytes)
+            r.counter("xdiskd_link_io_errors_total",
+                      "I/O answered with an error (0x22, or a probe lost).",
+                      labels, errors)
+        r.counter("xdiskd_link_io_retries_total",
+                  "Import-side I/O re-queued after a LOSTLINK or non-media "
+                  "error on the link.", base, io.importRetries)
     if connectors is None:
         return
     for c in connectors.connectors():

@@ -51,6 +51,23 @@ _linkIds = itertools.count(1)
 _VIOLATION_LOG_LIMIT = 20
 
 
+class LinkIO:
+    """
+    I/O counters of one link, kept by the layers above: the import side
+    counts the I/O it sent and its outcome, the export side what it
+    served.
+    """
+
+    __slots__ = ("importOps", "importBytes", "importErrors",
+                 "importRetries", "exportOps", "exportBytes",
+                 "exportErrors")
+
+    def __init__(self) -> None:
+        self.importOps = self.importBytes = self.importErrors = 0
+        self.importRetries = 0
+        self.exportOps = self.exportBytes = self.exportErrors = 0
+
+
 class LinkError(Exception):
     """A transaction cannot be started or used (link or parent gone)."""
 
@@ -192,6 +209,7 @@ class DMSGLink(Protocol):
         self.ready = False
         self.connected = False
         self.violations = 0
+        self.io = LinkIO()
         self.messagesIn = 0
         self.messagesOut = 0
         self.bytesIn = 0

@@ -250,6 +250,8 @@ class Exporter:
         icmd = txn.icmd
         ext = msg.ext
         export.ops += 1
+        io = txn.link.io
+        io.exportOps += 1
         if not isinstance(ext, BlkIO) or export.withdrawn:
             return self._refuse(export, txn)
         offset = ext.offset
@@ -279,6 +281,8 @@ class Exporter:
                     "%d more asked" % (held0, length))
                 return True
         store = export.store
+        if icmd == C.BLK_READ or icmd == C.BLK_WRITE:
+            io.exportBytes += length
         if icmd == C.BLK_READ:
             d = store.read(offset, length)
             held = length
@@ -315,6 +319,7 @@ class Exporter:
 
     def _refuse(self, export: Export, txn: Transaction) -> bool:
         export.errors += 1
+        txn.link.io.exportErrors += 1
         txn.reply(C.ERR_IO)
         return True
 
@@ -327,6 +332,7 @@ class Exporter:
     def _ioFailed(self, f: Failure, txn: Transaction,
                   export: Export) -> None:
         export.errors += 1
+        txn.link.io.exportErrors += 1
         if not f.check(MediaError):
             self.log.failure("export {serial}: unexpected I/O failure",
                              f, serial=export.serial)

@@ -109,6 +109,7 @@ class XAUnit:
         self._retryCall: Any = None
         self._kickCall: Any = None
         self._closingTxn: Optional[Transaction] = None
+        self._odd: Dict[int, int] = {}
         self.bytesQueued = 0
         self.congestionBytes = CONGESTION_BYTES
         self._uncongestedWaiters: List[Deferred] = []
@@ -451,9 +452,19 @@ class XAUnit:
             return
         chunk.txn = None
         error = msg.error
+        io = txn.link.io
+        io.importOps += 1
         if error == 0:
+            if chunk.cmd == C.BLK_READ or chunk.cmd == C.BLK_WRITE:
+                io.importBytes += chunk.length
             chunk.request.chunkDone(chunk, msg.aux)
-        elif error == C.ERR_IO:
+            self._kick()
+            return
+        if error != C.ERR_IO and not chunk.request.probe:
+            io.importRetries += 1
+        else:
+            io.importErrors += 1
+        if error == C.ERR_IO:
             # A real media error (or a refused request): fail it.
             self._chunkFailed(chunk, MediaError(
                 "%s: %s of %d bytes at %d failed on the server (0x22)" % (
@@ -472,6 +483,17 @@ class XAUnit:
     def _requeue(self, chunk: Chunk, error: int) -> None:
         self.stats.retries += 1
         if error != C.ERR_LOSTLINK:
+            # The seed re-queues on any error but 0x22: a server that
+            # keeps answering e.g. PARAM is retried forever, so say so
+            # (first time per error code, then every 1000th).
+            n = self._odd.get(error, 0) + 1
+            self._odd[error] = n
+            if n == 1 or n % 1000 == 0:
+                self.log.warn("{unit}: {op} at {off} got error {e:#x} from "
+                              "the server; re-queued with back-off "
+                              "({n} so far)", unit=self.name,
+                              op=_opName(chunk.cmd), off=chunk.offset,
+                              e=error, n=n)
             chunk.retries += 1
             chunk.notBefore = self.reactor.seconds() + min(
                 1.0, 0.01 * (2 ** min(chunk.retries, 7)))
