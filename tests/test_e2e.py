@@ -226,7 +226,7 @@ class TwoProcessTests(SynchronousTestCase):
         self.img = os.path.join(self.exp.dir, "disk.img")
         self.dmsg = os.path.join(self.exp.dir, "dmsg.sock")
         with open(self.img, "wb") as f:
-            f.truncate(128 * MiB)
+            f.truncate(256 * MiB)
         self.exp.args += ["--no-import", "--listen", "unix:" + self.dmsg,
                           "--export", "serno/TWO=" + self.img]
         self.exp.start()
@@ -242,7 +242,7 @@ class TwoProcessTests(SynchronousTestCase):
     def test_unitLogged(self):
         """The importer logs xa0 with its size and serial."""
         self.imp.waitLog("xa0: new unit serial='serno/TWO' "
-                         "size=134217728 sector=512")
+                         "size=268435456 sector=512")
         self.exp.waitLog("LNK_CONN exchange complete")
 
     def test_exporterRestartedMidCopy(self):
@@ -253,9 +253,12 @@ class TwoProcessTests(SynchronousTestCase):
         import subprocess
         src = os.path.join(self.imp.dir, "src")
         with open(src, "wb") as f:
-            f.write(os.urandom(96 * MiB))
-        copy = subprocess.Popen(["nbdcopy", "--requests=16", src,
-                                 self.uri], stderr=subprocess.PIPE)
+            f.write(os.urandom(192 * MiB))
+        # A shallow queue keeps the copy long enough (well over a second
+        # here) for the first kill to land in the middle of it.
+        copy = subprocess.Popen(["nbdcopy", "--connections=1",
+                                 "--requests=2", "--request-size=65536",
+                                 src, self.uri], stderr=subprocess.PIPE)
         kills = 0
         deadline = time.monotonic() + 90
         time.sleep(0.05)
@@ -271,13 +274,13 @@ class TwoProcessTests(SynchronousTestCase):
         self.assertEqual(copy.returncode, 0, err)
         self.assertGreater(kills, 0)
         with open(self.img, "rb") as f:
-            got = hashlib.sha256(f.read(96 * MiB)).hexdigest()
+            got = hashlib.sha256(f.read(192 * MiB)).hexdigest()
         self.assertEqual(got, sha(src))
         # Read back through NBD too.
         back = os.path.join(self.imp.dir, "back")
         run(["nbdcopy", self.uri, back])
         with open(back, "rb") as f:
-            self.assertEqual(hashlib.sha256(f.read(96 * MiB)).hexdigest(),
+            self.assertEqual(hashlib.sha256(f.read(192 * MiB)).hexdigest(),
                              sha(src))
         self.assertIn("re-opening", self.imp.logText())
 
