@@ -79,6 +79,16 @@ def timed(cmd):
     return time.perf_counter() - t
 
 
+def freePort():
+    """A free TCP port on 127.0.0.1 (for a daemon to listen on)."""
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
 def scratch():
     d = tempfile.mkdtemp(prefix="xdbench-", dir="/tmp")
     return d

@@ -14,7 +14,6 @@ with the same request size and queue depth over one connection.
 import argparse
 import os
 import socket
-import subprocess
 import sys
 import time
 
@@ -25,7 +24,8 @@ from twisted.internet import defer, reactor  # noqa: E402
 from twisted.internet.endpoints import TCP4ClientEndpoint  # noqa: E402
 from twisted.internet.protocol import Factory  # noqa: E402
 
-from bench.common import Proc, cleanup, scratch, timed, waitFor, xdiskd  # noqa
+from bench.common import (  # noqa: E402
+    Proc, cleanup, freePort, scratch, timed, waitFor, xdiskd)
 from xdiskd.dmsg import constants as C  # noqa: E402
 from xdiskd.dmsg.link import DMSGLink  # noqa: E402
 from xdiskd.dmsg.wire import BlkIO, BlkOpen, LnkConn  # noqa: E402
@@ -91,14 +91,6 @@ def readAll(port, qd, chunk):
     issue()
     n = yield done
     return n / (time.perf_counter() - t0)
-
-
-def freePort():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def main():

@@ -22,7 +22,6 @@ random 70/30 QD16; with --plot, 4 KiB random reads at QD 1..64.
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 
-from bench.common import Proc, cleanup, scratch, waitFor, xdiskd  # noqa
+from bench.common import (  # noqa: E402
+    Proc, cleanup, freePort, scratch, waitFor, xdiskd)
 
 PEERS = {"xdiskd-1hop": "nbdkit-1hop", "qemu-nbd-1hop": "nbdkit-1hop",
          "xdiskd-2hop-unix": "nbdkit-2hop",
@@ -46,14 +46,6 @@ FIO_JOBS = [
     ("rand-write-4K-qd32", "randwrite", "4k", 32, None),
     ("rand-rw70-64K-qd16", "randrw", "64k", 16, 70),
 ]
-
-
-def freePort():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 class Topology:
@@ -175,7 +167,6 @@ def main():
     which = a.topologies.split(",")
     topos = startAll(d, img, which)
     results = {}          # (workload, topology) -> list of result dicts
-    cpu = {}
     workloads = [("nbdcopy-read", None), ("nbdcopy-write", None)] + [
         (j[0], j) for j in FIO_JOBS]
     if a.only:

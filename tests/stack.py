@@ -4,7 +4,6 @@ links (iosim), with real stores on temporary files (inline mode, so the
 whole exchange runs synchronously under L{pump}).
 """
 
-import os
 
 from twisted.internet.task import Clock
 from twisted.test.iosim import connectedServerAndClient

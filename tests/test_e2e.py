@@ -323,7 +323,6 @@ class DaemonLifecycleTests(SynchronousTestCase):
     def test_badExportIsStartupError(self):
         """A missing path is a clear start-up error."""
         import subprocess
-        import sys
         from tests.daemons import REPO, TWISTD
         p = subprocess.run(
             [TWISTD, "-n", "--pidfile=",

@@ -8,7 +8,6 @@ import os
 from twisted.trial.unittest import TestCase
 
 from xdiskd.dmsg import constants as C
-from xdiskd.dmsg.link import DMSGLink
 from xdiskd.dmsg.wire import BlkIO, BlkOpen
 from tests.dmsgpeer import RecordingReceiver, Tap
 from tests.stack import Wire, exporterNode, makeImage, readFile

@@ -211,7 +211,6 @@ class ExporterBackPressureTests(SynchronousTestCase):
         self.assertFalse(self.peer.aborted)
         self.assertEqual(self.peer.transport.producerState, "paused")
         # The store drains: the backlog runs, a few at a time, in order.
-        seen = 0
         for _ in range(200):
             if not self.store.held:
                 break

@@ -156,7 +156,6 @@ class TopologyTests(TestCase):
     """Span counts stay bounded in rings and full meshes."""
 
     def _mesh(self, n, edges, disks=2):
-        paths = []
         nodes = []
         for i in range(n):
             exports = []

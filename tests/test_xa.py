@@ -12,7 +12,6 @@ from zope.interface.verify import verifyObject
 from xdiskd.dmsg import constants as C
 from xdiskd.dmsg.wire import LnkSpan
 from xdiskd.errors import MediaError, NoPathError, OutOfRangeError
-from xdiskd.export.server import Exporter
 from xdiskd.interfaces import IBlockDevice, IBlockDeviceRegistry
 from xdiskd.xa.importer import unitKey
 from tests.dmsgpeer import Tap
