@@ -1,0 +1,134 @@
+"""
+DMSG transactions (spec §6): the per-transaction state a link keeps, and
+the I/O counters of a link.  The link layer in L{xdiskd.dmsg.link} owns
+the tables and the rules; a L{Transaction} is what the layers above hold,
+send on and stack children on.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
+
+from twisted.internet.defer import Deferred, succeed
+
+from xdiskd.dmsg import constants as C
+from xdiskd.dmsg.wire import BytesLike, Extension, Message
+
+if TYPE_CHECKING:
+    from xdiskd.dmsg.link import DMSGLink
+
+Handler = Callable[["Transaction", Message], Any]
+
+
+class LinkIO:
+    """
+    I/O counters of one link, kept by the layers above: the import side
+    counts the I/O it sent and its outcome, the export side what it
+    served.
+    """
+
+    __slots__ = ("importOps", "importBytes", "importErrors",
+                 "importRetries", "exportOps", "exportBytes",
+                 "exportErrors")
+
+    def __init__(self) -> None:
+        self.importOps = self.importBytes = self.importErrors = 0
+        self.importRetries = 0
+        self.exportOps = self.exportBytes = self.exportErrors = 0
+
+
+class Transaction:
+    """
+    One DMSG transaction on one link.
+
+    @ivar msgid: the initiator's msgid (0 for the root).
+    @ivar parent: the transaction this one is stacked on (the root for
+        top-level ones; None only for the root itself).
+    @ivar icmd: the original command, C{cmd & 0x00FFFFFF} of the CREATE.
+    @ivar ours: True if this side created it (we are the initiator).
+    @ivar dying: failed locally; messages sent on it are dropped.
+    @ivar data: free for the layer that owns the transaction.
+    @ivar peerChildren: how many of C{children} the peer created.
+    """
+
+    __slots__ = ("link", "msgid", "parent", "icmd", "ours", "txCreate",
+                 "txDelete", "rxCreate", "rxDelete", "children", "handler",
+                 "onChild", "dying", "data", "peerChildren",
+                 "_closedWaiters")
+
+    def __init__(self, link: "DMSGLink", msgid: int,
+                 parent: Optional["Transaction"], icmd: int,
+                 ours: bool) -> None:
+        self.link = link
+        self.msgid = msgid
+        self.parent = parent
+        self.icmd = icmd
+        self.ours = ours
+        self.txCreate = False
+        self.txDelete = False
+        self.rxCreate = False
+        self.rxDelete = False
+        self.children: Dict["Transaction", None] = {}
+        self.handler: Optional[Handler] = None
+        self.onChild: Optional[Handler] = None
+        self.dying = False
+        self.data: Any = None
+        self.peerChildren = 0
+        self._closedWaiters: Optional[List[Deferred]] = None
+
+    def __repr__(self) -> str:
+        return "<Transaction %s %s msgid=%#x %s%s%s%s%s>" % (
+            C.cmdName(self.icmd), "ours" if self.ours else "theirs",
+            self.msgid, "tC" if self.txCreate else "",
+            "tD" if self.txDelete else "", "rC" if self.rxCreate else "",
+            "rD" if self.rxDelete else "", " dying" if self.dying else "")
+
+    @property
+    def isOpen(self) -> bool:
+        """Neither side has closed it (both may still send)."""
+        return not (self.txDelete or self.rxDelete or self.dying)
+
+    @property
+    def closed(self) -> bool:
+        """DELETE went both ways: the transaction is gone."""
+        return self.txDelete and self.rxDelete
+
+    @property
+    def circuit(self) -> int:
+        return self.parent.msgid if self.parent is not None else 0
+
+    def send(self, cmd: int, ext: Optional[Extension] = None,
+             aux: Optional[BytesLike] = None, error: int = 0,
+             delete: bool = False) -> None:
+        """
+        Send a message of this transaction; CREATE, REPLY, REVTRANS and
+        REVCIRC are computed (§6.5, §6.6).  Nothing is sent once we sent
+        DELETE, or on a dying transaction.
+        """
+        self.link._sendOn(self, cmd, ext, aux, error, delete)
+
+    def result(self, error: int = 0) -> None:
+        """A "result": LNK_ERROR that leaves the transaction open (§6.6)."""
+        self.link._sendOn(self, C.LNK_ERROR, None, None, error, False)
+
+    def reply(self, error: int = 0) -> None:
+        """A "return": LNK_ERROR|DELETE closing our direction (§6.6)."""
+        self.link._sendOn(self, C.LNK_ERROR, None, None, error, True)
+
+    def startChild(self, cmd: int, ext: Optional[Extension] = None,
+                   aux: Optional[BytesLike] = None,
+                   handler: Optional[Handler] = None,
+                   delete: bool = False) -> "Transaction":
+        """Open a new transaction of ours stacked on this one."""
+        return self.link.startTransaction(self, cmd, ext, aux, handler,
+                                          delete)
+
+    def whenClosed(self) -> Deferred:
+        """A Deferred that fires with this transaction once it is gone."""
+        if self.closed:
+            return succeed(self)
+        if self._closedWaiters is None:
+            self._closedWaiters = []
+        d: Deferred = Deferred()
+        self._closedWaiters.append(d)
+        return d
