@@ -320,9 +320,9 @@ def encodeMessage(msg: Message) -> List[BytesLike]:
     out: List[BytesLike]
     if auxBytes:
         pad = -auxBytes & C.ALIGN_MASK
-        auxCRC = crc32c(aux)  # type: ignore[arg-type]
+        auxCRC = _crc32c(aux)  # type: ignore[arg-type]
         if pad:
-            auxCRC = crc32c(_PAD[:pad], auxCRC)
+            auxCRC = _crc32c(_PAD[:pad], auxCRC)
             out = [b"", aux, _PAD[:pad]]  # type: ignore[list-item]
         else:
             out = [b"", aux]  # type: ignore[list-item]
@@ -339,7 +339,7 @@ def encodeMessage(msg: Message) -> List[BytesLike]:
     HEADER.pack_into(header, 0, C.HDR_MAGIC, msg.reserved02, msg.salt,
                      msg.msgid, msg.circuit, msg.link_verifier, cmd, auxCRC,
                      auxBytes, msg.error, 0, 0, 0)
-    _HDR_CRC.pack_into(header, _HDR_CRC_OFFSET, crc32c(header))
+    _HDR_CRC.pack_into(header, _HDR_CRC_OFFSET, _crc32c(header))
     out[0] = header
     return out
 
@@ -431,15 +431,15 @@ class Decoder:
                 hdr = bytes(view[pos:pos + hbytes])
                 if self.verifyCRC:
                     hv = memoryview(hdr)
-                    crc = crc32c(hv[:_HDR_CRC_OFFSET])
-                    crc = crc32c(_ZERO4, crc)
+                    crc = _crc32c(hv[:_HDR_CRC_OFFSET])
+                    crc = _crc32c(_ZERO4, crc)
                     if hbytes > C.HDR_SIZE:
-                        crc = crc32c(hv[C.HDR_SIZE:], crc)
+                        crc = _crc32c(hv[C.HDR_SIZE:], crc)
                     if crc != hdrCRC:
                         raise HeaderCRCError(
                             "bad hdr_crc %#010x, computed %#010x" % (
                                 hdrCRC, crc))
-                    if auxBytes and crc32c(
+                    if auxBytes and _crc32c(
                             view[pos + hbytes:pos + total]) != auxCRC:
                         raise AuxCRCError("bad aux_crc %#010x" % (auxCRC,))
                 if self.verifySalt and (salt & 0xFF) != (

@@ -307,11 +307,21 @@ class Exporter:
             if ls.inflightBytes > self._soft(link) and not ls.paused:
                 ls.paused = True
                 link.pauseReading("export-io")
-        d.addCallbacks(self._ioOK, self._ioFailed,
-                       callbackArgs=(txn, icmd),
-                       errbackArgs=(txn, export))
-        d.addBoth(self._ioFinished, export, ls, link, held)
+        # One callback for both outcomes: a page-cache read has fired
+        # already, and every callback on the hot path costs.
+        d.addBoth(self._ioDone, txn, icmd, export, ls, link, held)
         return True
+
+    def _ioDone(self, result: Any, txn: Transaction, icmd: int,
+                export: Export, ls: Optional[_LinkState], link: DMSGLink,
+                held: int) -> None:
+        try:
+            if isinstance(result, Failure):
+                self._ioFailed(result, txn, export)
+            else:
+                self._ioOK(result, txn, icmd)
+        finally:
+            self._ioFinished(None, export, ls, link, held)
 
     def _soft(self, link: DMSGLink) -> int:
         """In-flight bytes at which reading from C{link} pauses."""
