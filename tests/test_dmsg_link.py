@@ -331,3 +331,38 @@ class ViolationTests(SynchronousTestCase):
         self.pump.flush()
         self.assertFalse(self.client.connected)
         self.flushLoggedErrors(RuntimeError)
+
+
+class WriteBackPressureTests(SynchronousTestCase):
+    """
+    A full send buffer stops a link from taking requests, but never from
+    reading the replies it waits for (or two daemons could deadlock).
+    """
+
+    def setUp(self):
+        self.server, self.client, self.pump = linkPair()
+
+    def test_pausesWhenAwaitingNothing(self):
+        link = self.server
+        link.pauseProducing()
+        self.assertTrue(link.readingPaused)
+        self.assertTrue(link.writeBlocked)
+        link.resumeProducing()
+        self.assertFalse(link.readingPaused)
+        self.assertFalse(link.writeBlocked)
+
+    def test_keepsReadingWhileAwaitingReplies(self):
+        link = self.client
+        link.startTransaction(None, C.BLK_OPEN, BlkOpen(1))
+        link.pauseProducing()
+        self.assertFalse(link.readingPaused)
+        # The stall watchdog still sees that the peer is not reading.
+        self.assertTrue(link.writeBlocked)
+        link.resumeProducing()
+        self.assertFalse(link.writeBlocked)
+
+    def test_ownSpansAwaitNothing(self):
+        link = self.server
+        link.startTransaction(None, C.LNK_SPAN, LnkSpan())
+        link.pauseProducing()
+        self.assertTrue(link.readingPaused)

@@ -97,6 +97,7 @@ class DMSGLink(Protocol):
         self.connected = False
         self.violations = 0
         self.io = LinkIO()
+        self._writeFull = False
         self.messagesIn = 0
         self.messagesOut = 0
         self.bytesIn = 0
@@ -218,7 +219,18 @@ class DMSGLink(Protocol):
     @property
     def writeBlocked(self) -> bool:
         """The transport's send buffer is full (the peer is not reading)."""
-        return "write" in self._pauses
+        return self._writeFull
+
+    def _awaitingReplies(self) -> bool:
+        """
+        Some transaction of ours (an open, an I/O, a forwarded one) still
+        waits for the peer.  Our own LNK_CONN and spans wait for nothing.
+        """
+        for txn in self.tx.values():
+            if not txn.rxDelete and txn.icmd != C.LNK_CONN and (
+                    txn.icmd != C.LNK_SPAN):
+                return True
+        return False
 
     def pauseReading(self, reason: str) -> None:
         if not self._pauses and self.transport is not None:
@@ -234,9 +246,17 @@ class DMSGLink(Protocol):
                 self.transport.resumeProducing()  # type: ignore
 
     def pauseProducing(self) -> None:
-        self.pauseReading("write")
+        self._writeFull = True
+        # Stop taking requests while the peer does not read our replies,
+        # but never stop reading replies we are waiting for: two daemons
+        # that both wait on each other would otherwise both stop reading
+        # with full send buffers, and deadlock.  What we send is bounded
+        # by our own tags and limits.
+        if not self._awaitingReplies():
+            self.pauseReading("write")
 
     def resumeProducing(self) -> None:
+        self._writeFull = False
         self.writeResumes += 1
         self.resumeReading("write")
 
