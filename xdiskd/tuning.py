@@ -11,7 +11,11 @@ whole message (and the next ones) move per turn.
 import socket
 from typing import Any
 
-IO_CHUNK = 1 << 20          # bytes per recv / send
+# Bytes per recv / send.  1 MiB was first; 256 KiB measured better at QD1
+# (each recv allocates a buffer of this size): 4.1-4.4k vs 3.3-4.1k
+# 4 KiB reads/s and 199-216 vs 221-282 us CPU per request, with 1 MiB
+# sequential reads and QD32 unchanged.
+IO_CHUNK = 256 << 10
 SOCKET_BUFFER = 4 << 20     # SO_SNDBUF / SO_RCVBUF asked for
 
 
