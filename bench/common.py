@@ -89,6 +89,22 @@ def freePort():
     return port
 
 
+def sparseFile(path, mib):
+    """A sparse file of C{mib} MiB at C{path}."""
+    with open(path, "wb") as f:
+        f.truncate(mib << 20)
+    return path
+
+
+def randomFile(path, mib):
+    """A file of C{mib} MiB of random data (one random MiB repeated)."""
+    block = os.urandom(1 << 20)
+    with open(path, "wb") as f:
+        for _ in range(mib):
+            f.write(block)
+    return path
+
+
 def scratch():
     d = tempfile.mkdtemp(prefix="xdbench-", dir="/tmp")
     return d

@@ -25,7 +25,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint  # noqa: E402
 from twisted.internet.protocol import Factory  # noqa: E402
 
 from bench.common import (  # noqa: E402
-    Proc, cleanup, freePort, scratch, timed, waitFor, xdiskd)
+    Proc, cleanup, freePort, randomFile, scratch, timed, waitFor, xdiskd)
 from xdiskd.dmsg import constants as C  # noqa: E402
 from xdiskd.dmsg.link import DMSGLink  # noqa: E402
 from xdiskd.dmsg.wire import BlkIO, BlkOpen, LnkConn  # noqa: E402
@@ -100,11 +100,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
     d = scratch()
-    img = os.path.join(d, "disk.img")
-    with open(img, "wb") as f:
-        block = os.urandom(1 << 20)
-        for _ in range(a.size_mib):
-            f.write(block)
+    img = randomFile(os.path.join(d, "disk.img"), a.size_mib)
     port = freePort()
     exp = xdiskd("exporter", ["--no-import", "--listen",
                               "tcp:%d:interface=127.0.0.1" % port,

@@ -15,7 +15,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 
-from bench.common import cleanup, scratch, timed, waitFor, xdiskd, Proc  # noqa
+from bench.common import (  # noqa: E402
+    Proc, cleanup, randomFile, scratch, sparseFile, timed, waitFor, xdiskd)
 
 
 def main():
@@ -27,14 +28,8 @@ def main():
     a = ap.parse_args()
     d = scratch()
     size = a.size_mib << 20
-    img = os.path.join(d, "disk.img")
-    src = os.path.join(d, "src")
-    with open(img, "wb") as f:
-        f.truncate(size)
-    with open(src, "wb") as f:
-        chunk = os.urandom(1 << 20)
-        for _ in range(a.size_mib):
-            f.write(chunk)
+    img = sparseFile(os.path.join(d, "disk.img"), a.size_mib)
+    src = randomFile(os.path.join(d, "src"), a.size_mib)
     dmsg = os.path.join(d, "dmsg.sock")
     xsock = os.path.join(d, "xnbd.sock")
     ksock = os.path.join(d, "knbd.sock")

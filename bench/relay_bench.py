@@ -15,7 +15,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 
-from bench.common import cleanup, scratch, timed, waitFor, xdiskd  # noqa
+from bench.common import (  # noqa: E402
+    cleanup, randomFile, scratch, sparseFile, timed, waitFor, xdiskd)
 
 
 def main():
@@ -25,14 +26,8 @@ def main():
     a = ap.parse_args()
     d = scratch()
     size = a.size_mib << 20
-    img = os.path.join(d, "disk.img")
-    src = os.path.join(d, "src")
-    with open(img, "wb") as f:
-        f.truncate(size)
-    with open(src, "wb") as f:
-        chunk = os.urandom(1 << 20)
-        for _ in range(a.size_mib):
-            f.write(chunk)
+    img = sparseFile(os.path.join(d, "disk.img"), a.size_mib)
+    src = randomFile(os.path.join(d, "src"), a.size_mib)
     procs = []
     e = os.path.join(d, "e.sock")
     procs.append(xdiskd("exporter", ["--no-import", "--listen", "unix:" + e,

@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 
 from bench.common import (  # noqa: E402
-    Proc, cleanup, freePort, scratch, waitFor, xdiskd)
+    Proc, cleanup, freePort, randomFile, scratch, waitFor, xdiskd)
 
 PEERS = {"xdiskd-1hop": "nbdkit-1hop", "qemu-nbd-1hop": "nbdkit-1hop",
          "xdiskd-2hop-unix": "nbdkit-2hop",
@@ -158,11 +158,7 @@ def main():
     d = scratch()
     size = a.size_mib << 20
     img = os.path.join(d, "disk.img")
-    src = os.path.join(d, "src")
-    with open(src, "wb") as f:
-        block = os.urandom(1 << 20)
-        for _ in range(a.size_mib):
-            f.write(block)
+    src = randomFile(os.path.join(d, "src"), a.size_mib)
     subprocess.run(["cp", src, img], check=True)
     which = a.topologies.split(",")
     topos = startAll(d, img, which)

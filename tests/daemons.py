@@ -114,16 +114,20 @@ def run(cmd, timeout=120, check=True, input=None):
     return p
 
 
-def waitNBD(sock, name="xa0", timeout=20.0):
-    """Wait until C{name} answers nbdinfo on C{sock}."""
+def waitURI(uri, sock, timeout=20.0):
+    """Wait until C{uri} answers nbdinfo (C{sock} exists first)."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
         if os.path.exists(sock):
-            last = run(["nbdinfo", "--size", nbdURI(sock, name)], 10,
-                       check=False)
+            last = run(["nbdinfo", "--size", uri], 10, check=False)
             if last.returncode == 0:
                 return int(last.stdout)
         time.sleep(0.1)
-    raise AssertionError("NBD export %s on %s not ready: %r" % (
-        name, sock, last and last.stderr))
+    raise AssertionError("NBD export %s not ready: %r" % (
+        uri, last and last.stderr))
+
+
+def waitNBD(sock, name="xa0", timeout=20.0):
+    """Wait until C{name} answers nbdinfo on C{sock}; return its size."""
+    return waitURI(nbdURI(sock, name), sock, timeout)

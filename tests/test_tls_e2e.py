@@ -14,12 +14,11 @@ End-to-end TLS: real daemons, real clients, certificates made here.
 import os
 import socket
 import struct
-import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.certs import PKI
-from tests.daemons import Daemon, requireTools, run, waitNBD
+from tests.daemons import Daemon, requireTools, run, waitNBD, waitURI
 
 MiB = 1 << 20
 
@@ -31,17 +30,7 @@ def tlsURI(sock, certDir, name="xa0"):
 
 def waitTLS(sock, certDir, timeout=20.0):
     """Wait until xa0 answers nbdinfo over TLS; return its size."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        if os.path.exists(sock):
-            last = run(["nbdinfo", "--size", tlsURI(sock, certDir)], 10,
-                       check=False)
-            if last.returncode == 0:
-                return int(last.stdout)
-        time.sleep(0.1)
-    raise AssertionError("no TLS export on %s: %r" % (
-        sock, last and last.stderr))
+    return waitURI(tlsURI(sock, certDir), sock, timeout)
 
 
 def qemuTLS(tool, sock, certDir, *args):
