@@ -47,12 +47,12 @@ class Tap:
     def __init__(self, link):
         self.decoder = Decoder(verifySalt=False)
         self.messages = []
-        write = link._send
+        write = link._sendSeq
 
-        def tappedWrite(data):
-            self.messages.extend(self.decoder.feed(data))
-            write(data)
-        link._send = tappedWrite
+        def tappedWrite(bufs, size):
+            self.messages.extend(self.decoder.feed(b"".join(bufs)))
+            write(bufs, size)
+        link._sendSeq = tappedWrite
 
     def cmds(self):
         return [m.cmd for m in self.messages]

@@ -9,7 +9,10 @@ whole message (and the next ones) move per turn.
 """
 
 import socket
-from typing import Any
+from typing import Any, Callable, Optional
+
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 
 # Bytes per recv / send.  1 MiB was first; 256 KiB measured better at QD1
 # (each recv allocates a buffer of this size): 4.1-4.4k vs 3.3-4.1k
@@ -49,96 +52,167 @@ def tuneTransport(transport: Any, chunk: int = IO_CHUNK,
             pass
 
 
-def eagerWriter(transport: Any) -> Any:
+def _socketOf(transport: Any) -> Any:
     """
-    Return C{write(data)} for C{transport} that sends at once when
-    nothing is queued, instead of waiting for the next reactor turn.
-
-    Twisted's C{write} only queues and asks epoll for writability, so
-    every message costs an extra turn (epoll_ctl + epoll_wait) per hop:
-    that is latency on every request.  When the transport's buffers are
-    empty we call its own C{writeSomeData} (the same send Twisted would
-    do), and hand any rest or error to C{write} as usual.  Transports
-    without those internals (TLS, test transports) get plain C{write}.
+    The socket under C{transport} if it is a plain (not TLS) TCP or UNIX
+    connection of the reactor's own, else None.  A TLS wrapper forwards
+    unknown attributes to the transport below it: writing or reading
+    there would bypass TLS, so wrappers never qualify.
     """
-    write = transport.write
-    some = getattr(transport, "writeSomeData", None)
-    if some is None or not hasattr(transport, "_tempDataBuffer") or (
-            not hasattr(transport, "dataBuffer")):
-        return write
-    if getattr(type(transport), "writeSomeData", None) is None:
-        # A wrapper (TLSMemoryBIOProtocol for tls: links) forwards these
-        # attributes to the socket below it: sending there bypasses TLS.
-        return write
+    if not isinstance(transport, FileDescriptor):
+        return None
+    sock = getattr(transport, "socket", None)
+    if sock is None or getattr(transport, "TLS", False):
+        return None
+    if not hasattr(transport, "_tempDataBuffer") or not hasattr(
+            transport, "dataBuffer"):
+        return None
+    return sock
 
-    def eagerWrite(data: bytes) -> None:
-        t = transport
-        # TLS may start later (NBD STARTTLS): then Twisted's write
-        # encrypts, and writeSomeData would bypass it.  Never eager then.
-        if (t._tempDataBuffer or len(t.dataBuffer) > t.offset
-                or not t.connected or t.disconnecting
-                or getattr(t, "TLS", False)):
-            write(data)
-            return
-        n = some(data)
-        if type(n) is int:
-            if n == len(data):
-                return
-            write(data[n:] if n else data)
-        else:
-            # An error: queue it, and Twisted's own write path will find
-            # the connection lost and report it the usual way.
-            write(data)
-    return eagerWrite
+
+def leanReader(transport: Any, deliver: Optional[Callable] = None) -> bool:
+    """
+    Give a plain TCP or UNIX C{transport} a lean C{doRead}: one C{recv}
+    and the protocol's C{dataReceived}, as Twisted's own does for TCP.
+
+    Twisted's UNIX transports read with C{recvmsg} (to receive passed file
+    descriptors, which we never take; the kernel drops them), and
+    endpoint and ClientService wrappers add a call layer per read each.
+    C{deliver}, if given, is called with the data instead of
+    C{transport.protocol.dataReceived} (the caller vouches that nothing
+    between them matters for data).  TLS transports are left alone; a
+    later STARTTLS is honoured because without C{deliver} the protocol
+    is looked up on every read.
+
+    @return: whether the lean reader was installed.
+    """
+    sock = _socketOf(transport)
+    if sock is None:
+        return False
+    recv = sock.recv
+    t = transport
+
+    def doRead() -> Any:
+        if getattr(t, "TLS", False):
+            return type(t).doRead(t)    # STARTTLS: Twisted's own path
+        try:
+            data = recv(t.bufferSize)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            return CONNECTION_LOST
+        if not data:
+            return CONNECTION_DONE
+        if deliver is not None:
+            return deliver(data)
+        return t.protocol.dataReceived(data)
+
+    transport.doRead = doRead
+    return True
 
 
 # ----------------------------------------------------------------------
-# Write batching.  While a protocol handles one chunk of received data it
-# often produces many messages (a batch of NBD requests becomes a batch of
-# DMSG I/Os; a batch of DMSG I/Os becomes a batch of replies).  Inside a
-# batch scope, writes are collected per transport and sent with one
-# syscall when the outermost scope ends, instead of one send each.
+# Writing.  While a protocol handles one chunk of received data it often
+# produces many messages (a batch of NBD requests becomes a batch of DMSG
+# I/Os; a batch of DMSG I/Os becomes a batch of replies).  Inside a batch
+# scope, writes are collected per transport and sent with one syscall when
+# the outermost scope ends, instead of one send each.  Messages are
+# sequences of buffers (header, payload, padding) handed to C{sendmsg} as
+# they are: a payload is never joined to its header in user space.
 
 _depth = 0
 _dirty: list = []
 BATCH_MESSAGE = 64 << 10     # messages this large are never held back
 BATCH_BYTES = 256 << 10      # a batch this large is sent at once
+MAX_IOV = 512                # buffers per sendmsg (Linux IOV_MAX is 1024)
 
 
-class BatchWriter:
-    """Per-transport writer: eager outside a batch, collecting inside."""
+class Sender:
+    """
+    Per-transport writer: eager outside a batch, collecting inside.
 
-    __slots__ = ("send", "buf", "size")
+    Eager means: when the transport has nothing queued, send at once with
+    C{sendmsg}, instead of Twisted's C{write}, which only queues and asks
+    epoll for writability, so every message would cost an extra reactor
+    turn (epoll_ctl + epoll_wait) per hop: latency on every request.  A
+    rest the socket did not take, and everything on transports without a
+    plain socket (TLS, test transports), goes through C{write} as usual,
+    so Twisted's buffering, producer and error handling still apply.
+    """
+
+    __slots__ = ("transport", "sock", "bufs", "size")
 
     def __init__(self, transport: Any) -> None:
-        self.send = eagerWriter(transport)
-        self.buf: list = []
+        self.transport = transport
+        self.sock = _socketOf(transport)
+        self.bufs: list = []
         self.size = 0
 
-    def write(self, data: bytes) -> None:
-        n = len(data)
-        if _depth and n < BATCH_MESSAGE:
-            if not self.buf:
+    def write(self, data: Any) -> None:
+        """Send one buffer."""
+        self.writeSeq([data], len(data))
+
+    def writeSeq(self, bufs: list, size: int) -> None:
+        """Send C{bufs} (C{size} bytes in all) in order."""
+        if _depth and size < BATCH_MESSAGE:
+            mine = self.bufs
+            if not mine:
                 _dirty.append(self)
-            self.buf.append(data)
-            self.size += n
-            if self.size >= BATCH_BYTES:
+            mine += bufs
+            self.size += size
+            if self.size >= BATCH_BYTES or len(mine) >= MAX_IOV:
                 self.flush()
-        else:
-            # Large payloads go at once: holding them back for a batch
-            # would stall the pipeline behind one big send (measured:
-            # 1 MiB reads at QD8 fell from ~1 GB/s to ~0.5 GB/s).
-            if self.buf:
-                self.flush()
-            self.send(data)
+            return
+        # Large payloads go at once: holding them back for a batch would
+        # stall the pipeline behind one big send (measured: 1 MiB reads
+        # at QD8 fell from ~1 GB/s to ~0.5 GB/s).
+        if self.bufs:
+            self.flush()
+        self._send(bufs, size)
 
     def flush(self) -> None:
         """Send what is collected now (before a close, say)."""
-        buf = self.buf
-        if buf:
-            self.buf = []
+        bufs = self.bufs
+        if bufs:
+            size = self.size
+            self.bufs = []
             self.size = 0
-            self.send(buf[0] if len(buf) == 1 else b"".join(buf))
+            self._send(bufs, size)
+
+    def _send(self, bufs: list, size: int) -> None:
+        t = self.transport
+        sock = self.sock
+        # TLS may start later (NBD STARTTLS): then Twisted's write
+        # encrypts, and the socket would bypass it.  Never eager then.
+        if (sock is None or t._tempDataBuffer or len(t.dataBuffer) > t.offset
+                or not t.connected or t.disconnecting
+                or getattr(t, "TLS", False)):
+            t.write(bufs[0] if len(bufs) == 1 and type(bufs[0]) is bytes
+                    else b"".join(bufs))
+            return
+        try:
+            sent = sock.sendmsg(bufs)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            # Queue it: Twisted's own write path finds the connection
+            # lost and reports it the usual way.
+            t.write(b"".join(bufs))
+            return
+        if sent == size:
+            return
+        t.write(_rest(bufs, sent))
+
+
+def _rest(bufs: list, sent: int) -> bytes:
+    """The bytes of C{bufs} after the first C{sent}."""
+    for i, b in enumerate(bufs):
+        n = len(b)
+        if sent < n:
+            head = memoryview(b)[sent:] if sent else b
+            return b"".join([head] + bufs[i + 1:])
+        sent -= n
+    return b""
 
 
 def beginBatch() -> None:

@@ -39,7 +39,7 @@ from zope.interface import implementer
 from xdiskd.dmsg import constants as C
 from xdiskd.dmsg.limits import DEFAULT_LIMITS, LinkLimits, Watchdog
 from xdiskd.tuning import (
-    BatchWriter, beginBatch, endBatch, tuneTransport)
+    Sender, beginBatch, endBatch, leanReader, tuneTransport)
 from xdiskd.dmsg.wire import (
     BytesLike, Decoder, Encoder, Extension, FramingError, LnkConn, Message)
 
@@ -125,8 +125,11 @@ class DMSGLink(Protocol):
             peer = self.transport.getPeer()  # type: ignore[union-attr]
             self.name = "link%d(%s)" % (self.id, _addr(peer))
         tuneTransport(self.transport)
-        self._writer = BatchWriter(self.transport)
-        self._send = self._writer.write
+        self._sender = Sender(self.transport)
+        self._sendSeq = self._sender.writeSeq
+        # Only pass-through wrappers (endpoints, ClientService) sit
+        # between a plain socket transport and us: read straight in.
+        leanReader(self.transport, self.dataReceived)
         if not ISSLTransport.providedBy(self.transport):
             # Over TLS this waits for handshakeCompleted: TLS pauses its
             # producer during the handshake, and pausing our reading then
@@ -522,9 +525,12 @@ class DMSGLink(Protocol):
     def _write(self, msg: Message) -> None:
         if self.connected:
             self.messagesOut += 1
-            # Twisted transports take only bytes and join their buffers
-            # anyway: one join here is the one payload copy we pay.
-            self._send(b"".join(self.encoder.encode(msg)))
+            # Header, payload and padding go to sendmsg as they are.
+            out = self.encoder.encode(msg)
+            n = 0
+            for b in out:
+                n += len(b)
+            self._sendSeq(out, n)
 
     # ---------------------------------------------------------------
     # Teardown

@@ -372,22 +372,26 @@ class Decoder:
     Incremental decoder for one direction of one connection.
 
     Feed it bytes in chunks of any size with L{feed}; it returns the
-    complete messages.  It keeps one C{bytearray} and a read offset, and
-    compacts once per call.  A L{FramingError} is final: the stream
-    cannot be resynchronised (§1.1).
+    complete messages.  Payloads are not copied: a message's C{aux} is a
+    read-only view of the bytes it arrived in.  A message cut across
+    chunks is joined once, when its last byte is in; until then the
+    pieces are only kept.  A L{FramingError} is final: the stream cannot
+    be resynchronised (§1.1).
     """
 
     def __init__(self, verifyCRC: bool = True, verifySalt: bool = True):
         self.verifyCRC = verifyCRC
         self.verifySalt = verifySalt
         self.sequence = 0
-        self._buf = bytearray()
+        self._parts: List[BytesLike] = []
+        self._have = 0          # bytes in _parts
+        self._need = 0          # bytes _parts must reach to be worth a look
         self._failed: Optional[FramingError] = None
 
     @property
     def buffered(self) -> int:
         """Bytes held waiting for the rest of a message."""
-        return len(self._buf)
+        return self._have
 
     def feed(self, data: BytesLike) -> List[Message]:
         """
@@ -398,17 +402,31 @@ class Decoder:
         """
         if self._failed is not None:
             raise self._failed
-        buf = self._buf
-        buf += data
+        parts = self._parts
+        if parts:
+            parts.append(data)
+            self._have += len(data)
+            if self._have < self._need:
+                return []
+            data = b"".join(parts)
+            parts.clear()
+            self._have = 0
+        elif type(data) is not bytes:
+            # Views of the input outlive this call: it must not change.
+            data = bytes(data)
         out: List[Message] = []
         pos = 0
-        end = len(buf)
-        view = memoryview(buf)
+        end = len(data)
+        view = memoryview(data)
+        need = 0
         try:
-            while end - pos >= C.HDR_SIZE:
+            while True:
+                if end - pos < C.HDR_SIZE:
+                    need = C.HDR_SIZE
+                    break
                 (magic, reserved02, salt, msgid, circuit, verifier, cmd,
                  auxCRC, auxBytes, error, _descr, _r38,
-                 hdrCRC) = HEADER.unpack_from(buf, pos)
+                 hdrCRC) = HEADER.unpack_from(data, pos)
                 if magic != C.HDR_MAGIC:
                     if magic == C.HDR_MAGIC_REV:
                         raise ReversedMagicError(
@@ -422,49 +440,48 @@ class Decoder:
                 if auxBytes > C.AUX_MAX:
                     raise AuxSizeError(
                         "aux_bytes %d over DMSG_AUX_MAX" % (auxBytes,))
-                abytes = (auxBytes + C.ALIGN_MASK) & ~C.ALIGN_MASK
-                total = hbytes + abytes
+                total = hbytes + ((auxBytes + C.ALIGN_MASK) & ~C.ALIGN_MASK)
                 if end - pos < total:
+                    need = total
                     break
-                # A private copy of the header (at most 2 KiB): no view of
-                # the buffer may outlive this step, or compacting it fails.
-                hdr = bytes(view[pos:pos + hbytes])
+                hend = pos + hbytes
                 if self.verifyCRC:
-                    hv = memoryview(hdr)
-                    crc = _crc32c(hv[:_HDR_CRC_OFFSET])
-                    crc = _crc32c(_ZERO4, crc)
+                    crc = _crc32c(_ZERO4, _crc32c(
+                        view[pos:pos + _HDR_CRC_OFFSET]))
                     if hbytes > C.HDR_SIZE:
-                        crc = _crc32c(hv[C.HDR_SIZE:], crc)
+                        crc = _crc32c(view[pos + C.HDR_SIZE:hend], crc)
                     if crc != hdrCRC:
                         raise HeaderCRCError(
                             "bad hdr_crc %#010x, computed %#010x" % (
                                 hdrCRC, crc))
                     if auxBytes and _crc32c(
-                            view[pos + hbytes:pos + total]) != auxCRC:
+                            view[hend:pos + total]) != auxCRC:
                         raise AuxCRCError("bad aux_crc %#010x" % (auxCRC,))
                 if self.verifySalt and (salt & 0xFF) != (
                         self.sequence & 0xFF):
                     raise SaltError("salt %d, expected %d" % (
                         salt & 0xFF, self.sequence & 0xFF))
                 self.sequence += 1
-                extType = EXTENSIONS.get(cmd & C.BASECMDMASK)
                 ext: Optional[Extension]
-                if extType is not None and hbytes >= _EXT_SIZES[extType]:
-                    ext = extType.unpackFrom(hdr)
-                elif hbytes > C.HDR_SIZE:
-                    ext = RawExt(bytes(hdr[C.HDR_SIZE:]))
+                if hbytes > C.HDR_SIZE:
+                    extType = EXTENSIONS.get(cmd & C.BASECMDMASK)
+                    if extType is not None and hbytes >= _EXT_SIZES[extType]:
+                        ext = extType.unpackFrom(view[pos:hend])
+                    else:
+                        ext = RawExt(bytes(view[pos + C.HDR_SIZE:hend]))
                 else:
                     ext = None
-                aux = (bytes(view[pos + hbytes:pos + hbytes + auxBytes])
-                       if auxBytes else None)
-                out.append(Message(cmd, msgid, circuit, error, ext, aux,
+                out.append(Message(cmd, msgid, circuit, error, ext,
+                                   view[hend:hend + auxBytes]
+                                   if auxBytes else None,
                                    salt, reserved02, verifier))
                 pos += total
         except FramingError as e:
             self._failed = e
             raise
-        finally:
-            view.release()
-            if pos:
-                del buf[:pos]
+        if pos < end:
+            # Keep the rest as a view: copied only by the join above.
+            parts.append(view[pos:] if pos else data)
+            self._have = end - pos
+            self._need = need
         return out

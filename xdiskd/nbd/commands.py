@@ -271,8 +271,7 @@ class Transmission:
         return d.addCallback(self._readReply, req)
 
     def _readReply(self, data: Any, req: wire.Request) -> List[bytes]:
-        if type(data) is not bytes:
-            data = bytes(data)  # transports take bytes only
+        # Any buffer will do: the connection sends with sendmsg.
         if len(data) != req.length:
             raise RuntimeError("device read %d bytes, %d asked"
                                % (len(data), req.length))

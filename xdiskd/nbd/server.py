@@ -11,7 +11,7 @@ bytes, bounds the work in flight, and owns the connection's lifetime
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from xdiskd.tuning import (
-    BatchWriter, beginBatch, endBatch, tuneTransport)
+    Sender, beginBatch, endBatch, leanReader, tuneTransport)
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -92,8 +92,9 @@ class NBDServerProtocol(Protocol):
         self._connected = True
         f.connections.add(self)
         tuneTransport(self.transport)
-        self._writer = BatchWriter(self.transport)
-        self._send = self._writer.write
+        self._writer = Sender(self.transport)
+        # STARTTLS may come: the reader looks the protocol up each time.
+        leanReader(self.transport)
         self.transport.registerProducer(self, True)
         self.transport.write(self._conn.greeting())
         if f.clock is not None:
@@ -356,9 +357,12 @@ class NBDServerProtocol(Protocol):
             self._close()
 
     def _write(self, pieces: List[bytes]) -> None:
-        self._send(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+        n = 0
+        for p in pieces:
+            n += len(p)
+        self._writer.writeSeq(pieces, n)
         if self._transportFull:
-            self._writtenSinceFull += sum(map(len, pieces))
+            self._writtenSinceFull += n
             if self._writtenSinceFull > self.factory.maxBufferedBytes:
                 self._pause(_PAUSE_TRANSPORT)
 
