@@ -85,6 +85,14 @@ class MemoryDevice:
         return self._op("read", offset, length,
                         lambda: bytes(self.data[offset:offset + length]))
 
+    def readv(self, offset, length):
+        # In 64 KiB pieces, as a split remote read would come.
+        def action():
+            end = offset + length
+            return [bytes(self.data[o:min(o + 65536, end)])
+                    for o in range(offset, end, 65536)]
+        return self._op("read", offset, length, action)
+
     def write(self, offset, data):
         data = bytes(data)
 

@@ -41,6 +41,13 @@ class IBlockDevice(Interface):
         of exactly C{length} bytes.
         """
 
+    def readv(offset, length):
+        """
+        Like L{read}, but fire with a list of bytes-like objects that
+        together are the C{length} bytes, in order: a front end that
+        sends them on needs no join.
+        """
+
     def write(offset, data):
         """Write the bytes-like C{data} at C{offset}.  Fires with None."""
 

@@ -262,13 +262,27 @@ class Transmission:
         if length == 0:
             return succeed(self._readReply(b"", req))
         if aligned:
-            d = self.device.read(offset, length)
+            return self.device.readv(offset, length).addCallback(
+                self._readvReply, req)
         else:
             start, end = self._cover(offset, length)
             skip = offset - start
             d = self.device.read(start, end - start).addCallback(
                 lambda data: bytes(memoryview(data)[skip:skip + length]))
         return d.addCallback(self._readReply, req)
+
+    def _readvReply(self, parts: List[Any], req: wire.Request) -> List[Any]:
+        n = 0
+        for p in parts:
+            n += len(p)
+        if n != req.length:
+            raise RuntimeError("device read %d bytes, %d asked"
+                               % (n, req.length))
+        if not self.structured:
+            return [wire.simpleReply(0, req.cookie)] + parts
+        # One chunk, marked DONE: all data is in hand, no error can follow.
+        return [wire.offsetDataHeader(req.cookie, req.offset, n, True)
+                ] + parts
 
     def _readReply(self, data: Any, req: wire.Request) -> List[bytes]:
         # Any buffer will do: the connection sends with sendmsg.

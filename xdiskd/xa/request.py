@@ -70,7 +70,7 @@ class Request:
 
     __slots__ = ("unit", "cmd", "offset", "length", "probe", "deferred",
                  "chunks", "pending", "failure", "parts", "result",
-                 "started", "cancelled")
+                 "started", "cancelled", "scatter")
 
     def __init__(self, unit: Any, cmd: int, offset: int, length: int,
                  probe: bool) -> None:
@@ -87,6 +87,7 @@ class Request:
         self.result: Any = None
         self.started = 0.0
         self.cancelled = False
+        self.scatter = False    # fire with the list of parts, not joined
 
     def split(self, data: Any, maxIO: int) -> List[Chunk]:
         """Cut this request into chunks of at most C{maxIO} bytes."""
@@ -152,8 +153,12 @@ class Request:
         if failure is not None:
             self.deferred.errback(failure)
         elif self.cmd == C.BLK_READ:
-            self.deferred.callback(b"".join(parts) if parts is not None
-                                   else result)
+            if self.scatter:
+                self.deferred.callback(parts if parts is not None
+                                       else [result])
+            else:
+                self.deferred.callback(b"".join(parts) if parts is not None
+                                       else result)
         else:
             self.deferred.callback(None)
 

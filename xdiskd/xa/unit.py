@@ -348,6 +348,9 @@ class XAUnit:
     def read(self, offset: int, length: int) -> Deferred:
         return self._submit(C.BLK_READ, offset, length, None)
 
+    def readv(self, offset: int, length: int) -> Deferred:
+        return self._submit(C.BLK_READ, offset, length, None, True)
+
     def write(self, offset: int, data: Any) -> Deferred:
         if self.readOnly:
             return fail(ReadOnlyError("%s is read-only" % (self.name,)))
@@ -362,7 +365,7 @@ class XAUnit:
         return self._submit(C.BLK_FREEBLKS, offset, length, None)
 
     def _submit(self, cmd: int, offset: int, length: int,
-                data: Any) -> Deferred:
+                data: Any, scatter: bool = False) -> Deferred:
         if self.gone:
             return fail(UnitGoneError("%s is gone" % (self.name,)))
         if offset < 0 or length < 0 or offset + length > self.size:
@@ -370,9 +373,11 @@ class XAUnit:
                 "%s: %d bytes at %d outside %d-byte disk" % (
                     self.name, length, offset, self.size)))
         if length == 0 and cmd != C.BLK_FLUSH:
-            return succeed(b"" if cmd == C.BLK_READ else None)
+            return succeed(None if cmd != C.BLK_READ else
+                           [] if scatter else b"")
         probe = self.opencnt == 0
         req = Request(self, cmd, offset, length, probe)
+        req.scatter = scatter
         req.started = time.perf_counter()
         maxIO = TRIM_CHUNK if cmd == C.BLK_FREEBLKS else self.maxIO
         self.requests[req] = None
