@@ -263,6 +263,93 @@ class PropertyTests(SynchronousTestCase):
         self.assertEqual(d.buffered, 0)
 
 
+class RecvIntoTests(SynchronousTestCase):
+    """L{Decoder.recvBuffer}/L{Decoder.filled}: large payloads in place."""
+
+    def stream(self, sizes):
+        enc = Encoder()
+        sent = [Message(C.LNK_ERROR | C.CREATE | C.DELETE | C.REPLY, i + 1,
+                        7, 0, None, bytes((i + j) & 0xFF for j in range(n))
+                        or None)
+                for i, n in enumerate(sizes)]
+        return sent, b"".join(b"".join(enc.encode(m)) for m in sent)
+
+    def readAll(self, d, data, chunk, minimum):
+        """Read C{data} as a socket reader would: into a lent buffer
+        whenever the decoder offers one, else C{chunk} bytes by feed."""
+        got, pos, lent = [], 0, 0
+        while pos < len(data):
+            view = d.recvBuffer(minimum)
+            if view is not None:
+                n = min(len(view), chunk, len(data) - pos)
+                view[:n] = data[pos:pos + n]
+                view.release()
+                got.extend(d.filled(n))
+                lent += n
+            else:
+                n = min(chunk, len(data) - pos)
+                got.extend(d.feed(data[pos:pos + n]))
+            pos += n
+        return got, lent
+
+    def test_largePayloadLandsInPlace(self):
+        """A 1 MiB payload read in 256 KiB reads: all but the first read
+        go into the decoder's buffer, and the payload is a view of it."""
+        sent, data = self.stream([C.AUX_MAX])
+        d = Decoder()
+        got, lent = self.readAll(d, data, 256 << 10, 32 << 10)
+        self.assertEqual(got, sent)
+        self.assertGreater(lent, len(data) - (256 << 10) - 1)
+        self.assertIsInstance(got[0].aux, memoryview)
+        self.assertEqual(d.buffered, 0)
+
+    def test_smallRestIsFed(self):
+        """Under the minimum missing bytes, no buffer is lent."""
+        sent, data = self.stream([40000])
+        d = Decoder()
+        self.assertEqual(d.feed(data[:10000]), [])
+        self.assertIsNone(d.recvBuffer(32 << 10))
+        self.assertEqual(d.feed(data[10000:]), sent)
+
+    def test_feedWhileLent(self):
+        """feed() after a buffer was lent and partly filled keeps order."""
+        sent, data = self.stream([200000, 10])
+        d = Decoder()
+        d.feed(data[:1000])
+        view = d.recvBuffer(1000)
+        view[:5000] = data[1000:6000]
+        view.release()
+        self.assertEqual(d.filled(5000), [])
+        self.assertEqual(d.buffered, 6000)
+        self.assertEqual(d.feed(data[6000:]), sent)
+        self.assertEqual(d.buffered, 0)
+
+    def test_filledWithoutBuffer(self):
+        """filled() without a lent buffer is a caller bug."""
+        self.assertRaises(ValueError, Decoder().filled, 10)
+
+    def test_corruptPayloadInPlace(self):
+        """The aux CRC is checked on a payload received in place."""
+        sent, data = self.stream([300000])
+        data = bytearray(data)
+        data[-7] ^= 1
+        d = Decoder()
+        self.assertRaises(AuxCRCError, self.readAll, d, bytes(data),
+                          65536, 1024)
+        self.assertIsNone(d.recvBuffer())
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.integers(0, 300000), min_size=1, max_size=5),
+           st.integers(1, 300000), st.integers(1, 100000))
+    def test_roundTrip(self, sizes, chunk, minimum):
+        """Any mix of lent buffers and feeds decodes the same stream."""
+        sent, data = self.stream(sizes)
+        d = Decoder()
+        got, _ = self.readAll(d, data, chunk, minimum)
+        self.assertEqual(got, sent)
+        self.assertEqual(d.buffered, 0)
+
+
 class FramingErrorTests(SynchronousTestCase):
     def _raw(self, msg=None):
         return bytearray(_join(msg or Message(C.LNK_PING)))

@@ -151,6 +151,38 @@ class RequestTests(SynchronousTestCase):
             self.assertEqual(bytes(events[0].data), b"a" * 600)
             self.assertEqual(events[1].type, wire.CMD_FLUSH)
 
+    def test_writeReceivedInPlace(self):
+        """
+        Once a large payload is under way, recvBuffer lends the rest of
+        its buffer; what is received there and reported with filled()
+        makes the same request, and the stream goes on after it.
+        """
+        payload = bytes(range(256)) * 4
+        data = (wire.encodeRequest(0, wire.CMD_WRITE, 7, 0, 1024)
+                + payload + wire.encodeRequest(0, wire.CMD_FLUSH, 8, 0, 0))
+        conn = transmitting(maxPayload=1024)
+        self.assertIsNone(conn.recvBuffer(1))
+        conn.receiveData(data[:100])
+        self.assertIs(conn.nextEvent(), wire.NEED_DATA)
+        self.assertIsNone(conn.recvBuffer(2000))
+        view = conn.recvBuffer(100)
+        self.assertEqual(len(view), 1024 - 72)
+        view[:500] = data[100:600]
+        conn.filled(500)
+        self.assertIs(conn.nextEvent(), wire.NEED_DATA)
+        view = conn.recvBuffer(100)
+        self.assertEqual(len(view), 1024 - 572)
+        view[:] = data[600:1052]
+        conn.filled(452)
+        self.assertIsNone(conn.recvBuffer(1))
+        events = feed(conn, data[1052:])
+        self.assertEqual(bytes(events[0].data), payload)
+        self.assertEqual(events[1].type, wire.CMD_FLUSH)
+
+    def test_filledWithoutBuffer(self):
+        """filled() outside a payload is a caller bug."""
+        self.assertRaises(ValueError, self.conn.filled, 1)
+
     def test_manyAtOnce(self):
         """A batch is parsed with one buffer; it is compacted at the end."""
         data = b"".join(wire.encodeRequest(0, wire.CMD_READ, i, i * 512, 512)

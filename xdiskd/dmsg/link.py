@@ -129,7 +129,8 @@ class DMSGLink(Protocol):
         self._sendSeq = self._sender.writeSeq
         # Only pass-through wrappers (endpoints, ClientService) sit
         # between a plain socket transport and us: read straight in.
-        leanReader(self.transport, self.dataReceived)
+        leanReader(self.transport, self.dataReceived, self._recvBuffer,
+                   self._filled, self._canRead)
         if not ISSLTransport.providedBy(self.transport):
             # Over TLS this waits for handshakeCompleted: TLS pauses its
             # producer during the handshake, and pausing our reading then
@@ -278,10 +279,33 @@ class DMSGLink(Protocol):
         finally:
             endBatch()
 
-    def _dataReceived(self, data: bytes) -> None:
-        self.bytesIn += len(data)
+    def _canRead(self) -> bool:
+        return not self._pauses and not self._closing and bool(self.connected)
+
+    def _recvBuffer(self) -> Optional[memoryview]:
+        """Where the rest of a large message can be read without a copy."""
+        if self._closing:
+            return None
+        return self.decoder.recvBuffer()
+
+    def _filled(self, count: int) -> None:
+        """C{count} bytes were read into L{_recvBuffer}'s view."""
+        if self._closing:
+            return
+        beginBatch()
         try:
-            messages = self.decoder.feed(data)
+            self._dataReceived(count, True)
+        finally:
+            endBatch()
+
+    def _dataReceived(self, data: Any, filled: bool = False) -> None:
+        try:
+            if filled:
+                self.bytesIn += data
+                messages = self.decoder.filled(data)
+            else:
+                self.bytesIn += len(data)
+                messages = self.decoder.feed(data)
         except FramingError as e:
             self.log.warn("{link}: framing error, closing: {cause}: {e}",
                           link=self.name, cause=type(e).__name__, e=e)

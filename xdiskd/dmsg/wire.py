@@ -23,6 +23,8 @@ BytesLike = Union[bytes, bytearray, memoryview]
 
 # §2: the base header, 64 bytes.
 HEADER = struct.Struct("<HHIQQQIIIIQII")
+# Below this many missing bytes a message is not worth a recv_into.
+RECV_INTO_MIN = 32 << 10
 _HDR_CRC = struct.Struct("<I")
 _HDR_CRC_OFFSET = 0x3C
 _ZERO4 = b"\0\0\0\0"
@@ -386,12 +388,64 @@ class Decoder:
         self._parts: List[BytesLike] = []
         self._have = 0          # bytes in _parts
         self._need = 0          # bytes _parts must reach to be worth a look
+        self._into: Optional[bytearray] = None   # see recvBuffer
         self._failed: Optional[FramingError] = None
 
     @property
     def buffered(self) -> int:
         """Bytes held waiting for the rest of a message."""
         return self._have
+
+    def recvBuffer(self, minimum: int = RECV_INTO_MIN) -> Optional[memoryview]:
+        """
+        Where the rest of a large message may be received without a copy.
+
+        While a message whose header is in hand still misses at least
+        C{minimum} bytes, return a writable view of exactly the bytes it
+        misses; the caller receives into it (C{recv_into}) and reports the
+        count with L{filled}.  Otherwise (or after a framing error)
+        return None: use L{feed}.
+        """
+        if self._failed is not None:
+            return None
+        into = self._into
+        if into is None:
+            need = self._need
+            if need <= C.HDR_SIZE or need - self._have < minimum or (
+                    not self._parts):
+                return None
+            # The held prefix (less than one read) moves once, into a
+            # buffer the size of the message; the rest lands there.
+            into = self._into = bytearray(need)
+            pos = 0
+            for p in self._parts:
+                n = len(p)
+                into[pos:pos + n] = p
+                pos += n
+            self._parts.clear()
+        return memoryview(into)[self._have:]
+
+    def filled(self, count: int) -> List[Message]:
+        """
+        C{count} bytes were received into the view L{recvBuffer} gave;
+        return every message now complete (as L{feed} does).
+        """
+        into = self._into
+        if into is None or self._have + count > len(into):
+            raise ValueError("filled() without a matching recvBuffer()")
+        self._have += count
+        if self._have < len(into):
+            return []
+        self._into = None
+        self._have = 0
+        # Ours alone from here on, and never written again.
+        return self._parse(into)
+
+    def _unInto(self) -> None:
+        # Back to pieces: feed() was called while a buffer was lent out.
+        into, self._into = self._into, None
+        if into is not None and self._have:
+            self._parts.append(memoryview(into)[:self._have])
 
     def feed(self, data: BytesLike) -> List[Message]:
         """
@@ -402,6 +456,8 @@ class Decoder:
         """
         if self._failed is not None:
             raise self._failed
+        if self._into is not None:
+            self._unInto()
         parts = self._parts
         if parts:
             parts.append(data)
@@ -414,6 +470,11 @@ class Decoder:
         elif type(data) is not bytes:
             # Views of the input outlive this call: it must not change.
             data = bytes(data)
+        return self._parse(data)
+
+    def _parse(self, data: BytesLike) -> List[Message]:
+        """Messages from C{data} (ours, never changed); keep the rest."""
+        parts = self._parts
         out: List[Message] = []
         pos = 0
         end = len(data)

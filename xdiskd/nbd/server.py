@@ -94,7 +94,8 @@ class NBDServerProtocol(Protocol):
         tuneTransport(self.transport)
         self._writer = Sender(self.transport)
         # STARTTLS may come: the reader looks the protocol up each time.
-        leanReader(self.transport)
+        leanReader(self.transport, None, self._conn.recvBuffer,
+                   self._filled, self._canRead)
         self.transport.registerProducer(self, True)
         self.transport.write(self._conn.greeting())
         if f.clock is not None:
@@ -108,6 +109,20 @@ class NBDServerProtocol(Protocol):
         beginBatch()
         try:
             self._conn.receiveData(data)
+            self._drain()
+        finally:
+            endBatch()
+
+    def _canRead(self) -> bool:
+        return not self._pauses and not self._stopped and self._connected
+
+    def _filled(self, count: int) -> None:
+        """C{count} payload bytes were read into the codec's buffer."""
+        if self._stopped:
+            return
+        beginBatch()
+        try:
+            self._conn.filled(count)
             self._drain()
         finally:
             endBatch()

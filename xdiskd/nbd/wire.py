@@ -20,7 +20,7 @@ large enough to be a denial of service).
 """
 
 import struct
-from typing import NamedTuple, Sequence, Tuple, Union
+from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 from xdiskd.nbd.constants import *  # noqa: F401,F403 (re-exported)
 from xdiskd.nbd.constants import (
@@ -256,6 +256,29 @@ class NBDServerConnection:
             self._buf += memoryview(data)[take:]
             return
         self._buf += data
+
+    def recvBuffer(self, minimum: int = 32 << 10) -> Optional[memoryview]:
+        """
+        Where the rest of a large WRITE payload may be received without a
+        copy: a writable view of exactly the bytes still missing, when at
+        least C{minimum} are; else None (use L{receiveData}).  Report the
+        bytes received into it with L{filled}.
+        """
+        if self._state is not _PAYLOAD:
+            return None
+        payload = self._payload
+        assert payload is not None
+        if len(payload) - self._fill < minimum:
+            return None
+        return memoryview(payload)[self._fill:]
+
+    def filled(self, count: int) -> None:
+        """C{count} bytes were received into L{recvBuffer}'s view."""
+        payload = self._payload
+        if self._state is not _PAYLOAD or payload is None or (
+                self._fill + count > len(payload)):
+            raise ValueError("filled() without a matching recvBuffer()")
+        self._fill += count
 
     def receiveEOF(self) -> None:
         """
