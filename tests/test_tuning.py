@@ -132,6 +132,7 @@ class NotInstalledTests(SynchronousTestCase):
         self.addCleanup(a.close)
         self.addCleanup(b.close)
         t = Server(a, Protocol(), None, None, 1, reactor)
+        self.addCleanup(t.stopReading)     # it registered itself
         t.TLS = True
         self.assertFalse(tuning.leanReader(t))
 

@@ -86,6 +86,9 @@ class IBackingStore(Interface):
     def read(offset, length):
         """Fire with a bytes-like object of C{length} bytes."""
 
+    # Optional: readNow(offset, length) returns the bytes at once when
+    # they can be had without blocking (the page cache), else None.
+
     def write(offset, data):
         """Write C{data} at C{offset}; fire with None."""
 

@@ -212,6 +212,17 @@ class FileStore:
         return self._run(f"read {length} bytes at {offset}", _readFull,
                          self._fd, offset, length)
 
+    def readNow(self, offset: int, length: int) -> Optional[bytearray]:
+        """
+        The C{length} bytes at C{offset} if the page cache has them all,
+        read here without blocking; else None (use L{read}, which also
+        reports errors).
+        """
+        if not self._nowaitRead or self._refuse(
+                "read", offset, length, writing=False) is not None:
+            return None
+        return self._readNowait(offset, length)
+
     def _readNowait(self, offset: int, length: int) -> Optional[bytearray]:
         """
         One C{preadv2(RWF_NOWAIT)}: the data if the page cache had all of
