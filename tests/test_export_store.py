@@ -792,6 +792,16 @@ class NowaitStoreTests(TestCase):
         self.assertEqual(bytes(self.successResultOf(d)), data[4096:12288])
         self.assertEqual((store.nowaitHits, store.inFlight), (1, 0))
 
+    def _cacheWouldBlock(self) -> None:
+        """From now on every RWF_NOWAIT read finds the cache cold."""
+        real = os.preadv
+
+        def eagain(fd: int, bufs: Any, offset: int, flags: int = 0) -> int:
+            if flags:
+                raise BlockingIOError(errno.EAGAIN, "would block")
+            return real(fd, bufs, offset)
+        self.patch(os, "preadv", eagain)
+
     def test_readNow(self) -> None:
         """readNow: cached bytes at once; None where read() must answer
         (past the end, or the cache would block)."""
@@ -800,13 +810,7 @@ class NowaitStoreTests(TestCase):
         self.assertEqual(bytes(store.readNow(8192, 4096) or b""),
                          data[8192:12288])
         self.assertIsNone(store.readNow(MiB - 4096, 8192))
-        real = os.preadv
-
-        def eagain(fd: int, bufs: Any, offset: int, flags: int = 0) -> int:
-            if flags:
-                raise BlockingIOError(errno.EAGAIN, "would block")
-            return real(fd, bufs, offset)
-        self.patch(os, "preadv", eagain)
+        self._cacheWouldBlock()
         self.assertIsNone(store.readNow(0, 4096))
         self.assertEqual(store.inFlight, 0)
 
@@ -814,13 +818,7 @@ class NowaitStoreTests(TestCase):
     def test_wouldBlockGoesToPool(self) -> Any:
         data = os.urandom(MiB)
         store = self._store(data)
-        real = os.preadv
-
-        def eagain(fd: int, bufs: Any, offset: int, flags: int = 0) -> int:
-            if flags:
-                raise BlockingIOError(errno.EAGAIN, "would block")
-            return real(fd, bufs, offset)
-        self.patch(os, "preadv", eagain)
+        self._cacheWouldBlock()
         d = store.read(0, 4096)
         self.assertEqual(store.inFlight, 1)
         got = yield d

@@ -104,25 +104,23 @@ class NBDServerProtocol(Protocol):
                                                     self._handshakeDue)
 
     def dataReceived(self, data: bytes) -> None:
-        if self._stopped:
-            return
-        beginBatch()
-        try:
-            self._conn.receiveData(data)
-            self._drain()
-        finally:
-            endBatch()
+        self._take(self._conn.receiveData, data)
 
     def _canRead(self) -> bool:
         return not self._pauses and not self._stopped and self._connected
 
     def _filled(self, count: int) -> None:
         """C{count} payload bytes were read into the codec's buffer."""
+        self._take(self._conn.filled, count)
+
+    def _take(self, give: Any, arg: Any) -> None:
+        # Hand what was read to the codec, act on it, send the replies
+        # produced meanwhile together.
         if self._stopped:
             return
         beginBatch()
         try:
-            self._conn.filled(count)
+            give(arg)
             self._drain()
         finally:
             endBatch()
