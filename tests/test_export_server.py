@@ -99,6 +99,28 @@ class ExportServerTests(TestCase):
         export = self.node.exporter.exports["serno/A"]
         self.assertEqual(export.opens, {})
 
+    def test_oneShotRead(self):
+        """
+        A read the store can answer now is answered in the same call:
+        the same reply as through a transaction, and no transaction is
+        left on the server; a read the store cannot answer now goes the
+        usual way, with the same reply.
+        """
+        o = self._open()
+        server = self.wire.server
+        export = self.node.exporter.exports["serno/A"]
+        before = (len(server.rx), export.ops)
+        r = self._request(o, C.BLK_READ, 512, 4096)
+        self.assertEqual((r.cmd, r.error, bytes(r.aux)),
+                         (0xEC0FFF01, 0, self.content[512:4608]))
+        self.assertEqual((len(server.rx), export.ops),
+                         (before[0], before[1] + 1))
+        self.patch(export.store, "readNow", lambda offset, length: None)
+        r = self._request(o, C.BLK_READ, 512, 4096)
+        self.assertEqual((r.cmd, r.error, bytes(r.aux)),
+                         (0xEC0FFF01, 0, self.content[512:4608]))
+        self.assertEqual(export.ops, before[1] + 2)
+
     def test_probeReadOnSpan(self):
         """Probe I/O directly on the span works; its reply has no REVCIRC."""
         r = self._request(self._span(), C.BLK_READ, 0, 512)

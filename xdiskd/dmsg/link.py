@@ -408,6 +408,10 @@ class DMSGLink(Protocol):
                     "children", limits.children,
                     "%d transactions of the peer under %r" % (
                         parent.peerChildren, parent))
+            if cmd & C.DELETE:
+                oneShot = parent.onOneShot
+                if oneShot is not None and oneShot(parent, msg):
+                    return
             txn = Transaction(self, msg.msgid, parent,
                               cmd & C.BASECMDMASK, False)
             txn.rxCreate = True
@@ -545,6 +549,20 @@ class DMSGLink(Protocol):
             for child in list(txn.children):
                 self._abort(child, C.ERR_LOSTLINK)
             self._maybeGone(txn)
+
+    def answer(self, parent: Transaction, msg: Message, error: int = 0,
+               aux: Optional[BytesLike] = None) -> None:
+        """
+        Answer C{msg}, a one-message transaction of the peer's (CREATE
+        and DELETE in one) under C{parent}, with the LNK_ERROR return
+        that also closes it (§6.6): what C{txn.send(LNK_ERROR, aux=aux,
+        error=error, delete=True)} would send, without the transaction
+        ever existing here.  Only from C{parent.onOneShot}.
+        """
+        cmd = C.LNK_ERROR | C.CREATE | C.DELETE | C.REPLY | C.REVTRANS
+        if parent.msgid and not parent.ours:
+            cmd |= C.REVCIRC
+        self._write(Message(cmd, msg.msgid, parent.msgid, error, None, aux))
 
     def _write(self, msg: Message) -> None:
         if self.connected:

@@ -49,11 +49,12 @@ class Transaction:
     @ivar dying: failed locally; messages sent on it are dropped.
     @ivar data: free for the layer that owns the transaction.
     @ivar peerChildren: how many of C{children} the peer created.
+    @ivar onOneShot: see L{DMSGLink.answer}.
     """
 
     __slots__ = ("link", "msgid", "parent", "icmd", "ours", "txCreate",
                  "txDelete", "rxCreate", "rxDelete", "children", "handler",
-                 "onChild", "dying", "data", "peerChildren",
+                 "onChild", "onOneShot", "dying", "data", "peerChildren",
                  "_closedWaiters")
 
     def __init__(self, link: "DMSGLink", msgid: int,
@@ -71,6 +72,11 @@ class Transaction:
         self.children: Dict["Transaction", None] = {}
         self.handler: Optional[Handler] = None
         self.onChild: Optional[Handler] = None
+        # (parent, msg) -> bool: may answer a one-message child (CREATE
+        # and DELETE in one) at once with DMSGLink.answer, or return
+        # False to have it go the usual way (a Transaction, onChild).
+        self.onOneShot: Optional[Callable[["Transaction", Message], bool]
+                                 ] = None
         self.dying = False
         self.data: Any = None
         self.peerChildren = 0

@@ -217,6 +217,7 @@ class Exporter:
         txn.data = state
         txn.handler = self._openMessage
         txn.onChild = self._openChild
+        txn.onOneShot = self._openOneShot
         export.opens[txn] = None
         if txn.rxDelete:
             self._openClosed(txn)
@@ -235,6 +236,36 @@ class Exporter:
         state: _OpenState = txn.data
         state.export.opens.pop(txn, None)
         txn.reply(0)   # §8.5: return, error 0
+
+    def _openOneShot(self, parent: Transaction, msg: Message) -> bool:
+        """
+        A read the page cache can answer now is answered now, without a
+        transaction; anything else (writes, refusals, cache misses) goes
+        the usual way through L{_openChild}.
+        """
+        if msg.cmd & C.BASECMDMASK != C.BLK_READ:
+            return False
+        ext = msg.ext
+        export: Export = parent.data.export
+        if type(ext) is not BlkIO or export.withdrawn:
+            return False
+        offset = ext.offset
+        length = ext.length
+        store = export.store
+        if length == 0 or length > C.AUX_MAX or (
+                offset + length > store.size):
+            return False
+        readNow = getattr(store, "readNow", None)
+        buf = readNow(offset, length) if readNow is not None else None
+        if buf is None:
+            return False
+        link = parent.link
+        export.ops += 1
+        io = link.io
+        io.exportOps += 1
+        io.exportBytes += length
+        link.answer(parent, msg, 0, buf)
+        return True
 
     def _openChild(self, txn: Transaction, msg: Message) -> Any:
         if txn.icmd not in _IO_CMDS:
@@ -290,7 +321,7 @@ class Exporter:
                 # flight (a withdrawal never sees it).
                 buf = readNow(offset, length)
                 if buf is not None:
-                    txn.send(C.LNK_ERROR, aux=buf, delete=True)
+                    self._ioOK(buf, txn, icmd)
                     return True
             d = store.read(offset, length)
             held = length

@@ -215,13 +215,20 @@ class FileStore:
     def readNow(self, offset: int, length: int) -> Optional[bytearray]:
         """
         The C{length} bytes at C{offset} if the page cache has them all,
-        read here without blocking; else None (use L{read}, which also
-        reports errors).
+        read here without blocking (in inline mode: read here); else None
+        (use L{read}, which also reports errors).
         """
-        if not self._nowaitRead or self._refuse(
-                "read", offset, length, writing=False) is not None:
+        if self._refuse("read", offset, length, writing=False) is not None:
             return None
-        return self._readNowait(offset, length)
+        if self._nowaitRead:
+            return self._readNowait(offset, length)
+        if self._pool is None:
+            # Inline mode reads in the reactor thread anyway.
+            try:
+                return _readFull(self._fd, offset, length)
+            except OSError:
+                return None     # read() tries again and reports it
+        return None
 
     def _readNowait(self, offset: int, length: int) -> Optional[bytearray]:
         """
