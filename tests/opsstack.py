@@ -67,3 +67,17 @@ class FakeDaemon:
         self.connectors = Connectors(
             self.parent, self.net.endpoint,
             lambda desc: DMSGFactory(node, desc), clock=self.clock)
+
+
+def oneExportStack(case):
+    """
+    An exporter node "a" with one export (serno/A) on a L{Net}, and an
+    importer node in a L{FakeDaemon} that can dial it: set as C{net},
+    C{exp}, C{imp}, C{clock} and C{daemon} on the test C{case}.
+    """
+    from tests.stack import exporterNode, importerNode, makeImage
+    case.net = Net()
+    case.exp = exporterNode(case, [("serno/A", makeImage(case), False)])
+    case.net.nodes["a"] = case.exp
+    case.imp, case.clock = importerNode()
+    case.daemon = FakeDaemon(case.imp, case.net, case.clock)

@@ -8,17 +8,12 @@ from twisted.logger import Logger, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from xdiskd.connectors import Connectors, _quietRetries
-from tests.opsstack import FakeDaemon, Net
-from tests.stack import exporterNode, importerNode, makeImage
+from tests.opsstack import oneExportStack
 
 
 class ConnectorsTests(TestCase):
     def setUp(self):
-        self.net = Net()
-        self.exp = exporterNode(self, [("serno/A", makeImage(self), False)])
-        self.net.nodes["a"] = self.exp
-        self.imp, self.clock = importerNode()
-        self.daemon = FakeDaemon(self.imp, self.net, self.clock)
+        oneExportStack(self)
         self.connectors = self.daemon.connectors
 
     def test_addCountsAndRemove(self):

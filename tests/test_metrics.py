@@ -11,8 +11,8 @@ from twisted.web.test.requesthelper import DummyRequest
 from xdiskd.control.metrics import (
     CONTENT_TYPE, MetricsResource, escapeLabel, render)
 from xdiskd.xa.stats import BUCKETS
-from tests.opsstack import FakeDaemon, Net
-from tests.stack import exporterNode, importerNode, makeImage, run
+from tests.opsstack import FakeDaemon, oneExportStack
+from tests.stack import exporterNode, makeImage, run
 
 _SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$')
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
@@ -61,11 +61,7 @@ def value(samples, name, **labels):
 
 class MetricsTests(TestCase):
     def setUp(self):
-        self.net = Net()
-        self.exp = exporterNode(self, [("serno/A", makeImage(self), False)])
-        self.net.nodes["a"] = self.exp
-        self.imp, self.clock = importerNode()
-        self.daemon = FakeDaemon(self.imp, self.net, self.clock)
+        oneExportStack(self)
         self.daemon.connectors.add("mem:a")
         self.net.flush()
         self.unit = self.imp.importer.lookup("xa0")

@@ -17,6 +17,7 @@ import struct
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from bench.common import freePort
 from tests.certs import PKI
 from tests.daemons import Daemon, requireTools, run, waitNBD, waitURI
 
@@ -49,12 +50,6 @@ def qemuTLS(tool, sock, certDir, *args):
         "tls-hostname=localhost" % (sock,)]
 
 
-def freePort():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class _PKIMixin:
