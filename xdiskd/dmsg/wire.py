@@ -17,6 +17,7 @@ from typing import Any, List, NamedTuple, Optional, Union
 
 from crc32c import crc32c as _crc32c
 
+from xdiskd.buffers import take as _takeBuffer
 from xdiskd.dmsg import constants as C
 
 BytesLike = Union[bytes, bytearray, memoryview]
@@ -416,7 +417,7 @@ class Decoder:
                 return None
             # The held prefix (less than one read) moves once, into a
             # buffer the size of the message; the rest lands there.
-            into = self._into = bytearray(need)
+            into = self._into = _takeBuffer(need)
             pos = 0
             for p in self._parts:
                 n = len(p)

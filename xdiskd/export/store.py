@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from xdiskd.buffers import take as _takeBuffer
 from xdiskd.export.pool import LeanPool, submit
 from xdiskd.errors import (
     MediaError,
@@ -235,7 +236,7 @@ class FileStore:
         One C{preadv2(RWF_NOWAIT)}: the data if the page cache had all of
         it (or the file ends), else None for the pool to do it.
         """
-        buf = bytearray(length)
+        buf = _takeBuffer(length)   # old bytes: all overwritten below
         try:
             n = os.preadv(self._fd, [buf], offset, os.RWF_NOWAIT)
         except BlockingIOError:
@@ -248,6 +249,8 @@ class FileStore:
         if n < length and offset + n < os.fstat(self._fd).st_size:
             self.nowaitMisses += 1
             return None
+        if n < length:
+            buf[n:] = bytes(length - n)     # past the end of the file
         self.nowaitHits += 1
         return buf
 

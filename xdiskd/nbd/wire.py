@@ -22,6 +22,7 @@ large enough to be a denial of service).
 import struct
 from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
+from xdiskd.buffers import take as _takeBuffer
 from xdiskd.nbd.constants import *  # noqa: F401,F403 (re-exported)
 from xdiskd.nbd.constants import (
     CMD_DISC, CMD_WRITE, FLAG_C_FIXED_NEWSTYLE, FLAG_C_NO_ZEROES,
@@ -413,7 +414,7 @@ class NBDServerConnection:
         else:
             self._header = (flags, kind, cookie, offset, length)
             self._pos = pos + avail
-            payload = bytearray(length)
+            payload = _takeBuffer(length)
             if avail:
                 with memoryview(buf) as view:
                     payload[:avail] = view[pos:pos + avail]
