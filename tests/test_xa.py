@@ -132,12 +132,15 @@ class IOTests(Base):
                              bytes(self.content[i * 4096:(i + 1) * 4096]))
 
     def test_splitRead(self):
-        """A 1 MiB read is 8 chunks of 128 KiB, reassembled."""
+        """A 3.5 MiB read from an xdiskd exporter (it states 1 MiB I/Os
+        in its span) is 4 chunks, reassembled."""
         u = self.openUnit()
-        d = u.read(4096, 1 << 20)
-        self.assertEqual(len(u.inflight), 8)
+        self.assertEqual(u.maxIO, C.AUX_MAX)
+        n = 7 << 19
+        d = u.read(4096, n)
+        self.assertEqual(len(u.inflight), 4)
         self.assertEqual(bytes(self.wait(d)),
-                         bytes(self.content[4096:4096 + (1 << 20)]))
+                         bytes(self.content[4096:4096 + n]))
 
     def test_splitWrite(self):
         u = self.openUnit()
@@ -170,17 +173,17 @@ class IOTests(Base):
     def test_splitReadOneChunkIOError(self):
         """One chunk failing 0x22 fails the whole split read."""
         u = self.openUnit()
-        self._failChunk(3 * 131072, C.ERR_IO)
-        d = u.read(0, 1 << 20)
+        self._failChunk(3 << 20, C.ERR_IO)
+        d = u.read(0, SIZE)
         self.assertRaises(MediaError, self.wait, d)
         self.assertEqual(u.stats.errors, 1)
 
     def test_splitReadOneChunkLostLink(self):
         """One chunk failing LOSTLINK is retried; the read succeeds."""
         u = self.openUnit()
-        self._failChunk(3 * 131072, C.ERR_LOSTLINK)
-        d = u.read(0, 1 << 20)
-        self.assertEqual(bytes(self.wait(d)), bytes(self.content[:1 << 20]))
+        self._failChunk(3 << 20, C.ERR_LOSTLINK)
+        d = u.read(0, SIZE)
+        self.assertEqual(bytes(self.wait(d)), bytes(self.content))
         self.assertEqual(u.stats.retries, 1)
 
     def test_otherErrorRequeuedWithBackoff(self):
@@ -407,7 +410,96 @@ class CongestionTests(Base):
     def test_splitReadHoldsNoBufferWhileQueued(self):
         """A queued split read holds no result buffer before data comes."""
         u = self.openUnit()
-        d = u.read(0, 1 << 20)
+        d = u.read(0, SIZE)
         [req] = list(u.requests)
-        self.assertEqual(req.parts, [b""] * 8)
+        self.assertEqual(req.parts, [b""] * 4)
+        self.assertEqual(bytes(self.wait(d)), bytes(self.content))
+
+
+class IOSizeTests(Base):
+    """
+    Per-path DMSG I/O size: an xdiskd exporter states 1 MiB in its span
+    (media.block.reserved01), a DragonFly one states nothing and takes at
+    most 128 KiB (§8.3, else PARAM); a unit cuts requests for its
+    smallest path, and cuts again chunks left by a lost larger path.
+    """
+
+    def dragonflyExporter(self):
+        """A second exporter of the same disk that behaves like DragonFly:
+        no limit stated, READ/WRITE over 131072 refused with PARAM.
+        Returns the list of I/O lengths it is asked for."""
+        node = exporterNode(self, [("serno/A", self.path, False)])
+        exporter = node.exporter
+        for export in exporter.exports.values():
+            ext = export.spanExt()._replace(media_maxio=0)
+            export.spanExt = lambda ext=ext: ext
+        asked = []
+        oneShot, io = exporter._openOneShot, exporter._io
+
+        def openOneShot(parent, msg):
+            if msg.ext.length > C.MAXPHYS:
+                return False        # let _io refuse it
+            asked.append(msg.ext.length)
+            return oneShot(parent, msg)
+
+        def ioHook(export, txn, msg, state):
+            asked.append(msg.ext.length)
+            if msg.ext.length > C.MAXPHYS:
+                txn.reply(C.ERR_PARAM)
+                return True
+            return io(export, txn, msg, state)
+        exporter._openOneShot = openOneShot
+        exporter._io = ioHook
+        return node, asked
+
+    def test_exporterStatesItsLimit(self):
+        span = self.exp.exporter.exports["serno/A"].spanExt()
+        self.assertEqual(span.media_maxio, C.AUX_MAX)
+        self.assertEqual(self.unit().maxIO, C.AUX_MAX)
+
+    def test_importerCap(self):
+        """--max-io caps what a path states."""
+        imp, clock = importerNode(maxIO=65536)
+        w = Wire(self.exp, imp)
+        self.wires.append(w)
+        self.assertEqual(imp.importer.lookup("xa0").maxIO, 65536)
+
+    def test_dragonflyPath(self):
+        """A path that states nothing gets 128 KiB I/Os, and the unit
+        takes the smallest of its paths; it grows back when that path
+        goes."""
+        node, asked = self.dragonflyExporter()
+        w2 = Wire(node, self.imp)
+        self.wires.append(w2)
+        u = self.openUnit()
+        self.assertEqual(u.maxIO, C.MAXPHYS)
+        d = u.read(0, 1 << 20)
+        self.assertEqual(len(u.inflight), 8)
         self.assertEqual(bytes(self.wait(d)), bytes(self.content[:1 << 20]))
+        w2.cut()
+        self.assertEqual(u.maxIO, C.AUX_MAX)
+
+    def test_failoverToSmallerPathCutsAgain(self):
+        """Chunks of 1 MiB queued for a lost xdiskd path are cut into
+        128 KiB pieces for the DragonFly path that takes over: reads and
+        writes complete with the right bytes and nothing is refused."""
+        u = self.openUnit()
+        data = os.urandom(2 << 20)
+        w = u.write(0, data)
+        r = u.read(2 << 20, (1 << 20) + 4096)
+        rv = u.readv(0, 1 << 20)
+        self.assertEqual(max(c.length for c in u.inflight.values()),
+                         C.AUX_MAX)
+        self.wire.kill()
+        self.assertEqual(u.state, "stalled")
+        node, asked = self.dragonflyExporter()
+        self.wires.append(Wire(node, self.imp))
+        self.assertIsNone(self.wait(w))
+        self.assertEqual(bytes(self.wait(r)),
+                         bytes(self.content[2 << 20:(3 << 20) + 4096]))
+        parts = self.wait(rv)
+        self.assertEqual(b"".join(bytes(p) for p in parts), data[:1 << 20])
+        self.assertEqual(readFile(self.path)[:2 << 20], data)
+        self.assertTrue(asked)
+        self.assertLessEqual(max(asked), C.MAXPHYS)
+        self.assertEqual((u.stats.errors, u.maxIO), (0, C.MAXPHYS))

@@ -68,9 +68,11 @@ class Options(usage.Options):
         ["linger", None, 60.0,
          "Seconds an unused unit with no paths lingers before teardown.",
          float],
-        ["max-io", None, 131072,
-         "Largest DMSG I/O the importer sends (512..1048576; DragonFly "
-         "servers take at most 131072).", int],
+        ["max-io", None, 1048576,
+         "Largest DMSG I/O the importer sends (512..1048576).  Each path "
+         "gets at most what its exporter states in its span (xdiskd: "
+         "1048576); DragonFly exporters state nothing and get 131072.",
+         int],
         ["store-threads", None, 4, "Export-side disk I/O threads.", int],
         ["socket-mode", None, "600",
          "Octal mode of UNIX listening sockets without an explicit mode=."],

@@ -74,6 +74,9 @@ PFSTYPE_MASK = 0x0F
 # §5.3
 SPAN_PROTO_1 = 1
 MAXPHYS = 131072
+#: The largest READ/WRITE the stored DragonFly server accepts (§8.3): a
+#: path whose span states no limit (media.block.reserved01 = 0) gets this.
+DRAGONFLY_MAX_IO = MAXPHYS
 DEV_BSIZE = 512
 
 # §5.4

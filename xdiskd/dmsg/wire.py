@@ -108,7 +108,7 @@ def encodeLabel(label: str) -> bytes:
 # and C{unpackFrom(buf)} reading them back.
 
 _CONN = struct.Struct("<16s16s16sQBBHII8s56s128s")
-_SPAN = struct.Struct("<16s16sBBHI8sIIQI44s128s128s")
+_SPAN = struct.Struct("<16s16sBBHI8sIIQII40s128s128s")
 _OPEN = struct.Struct("<II")
 _BLKIO = struct.Struct("<QQIIII")
 _BLKERR = struct.Struct("<QII64s")
@@ -144,7 +144,13 @@ class LnkConn(NamedTuple):
 class LnkSpan(NamedTuple):
     """
     C{dmsg_lnk_span} (§4.3), 432 bytes, header size 7 (448); the media
-    union is read as C{media.block} (bytes, blksize) plus the raw rest.
+    union is read as C{media.block} (bytes, blksize, reserved01) plus the
+    raw rest.
+
+    C{media_maxio} is C{media.block.reserved01} (u32 at 0x84), which
+    DragonFly leaves 0: an xdiskd exporter states there the largest
+    READ/WRITE it accepts (0 means DragonFly's 131072, §8.3).  Relays copy
+    the media union through unchanged.
     """
 
     peer_type: int = C.PEER_BLOCK
@@ -160,23 +166,25 @@ class LnkSpan(NamedTuple):
     peer_id: bytes = _U16
     pfs_id: bytes = _U16
     media_rest: bytes = b""
+    media_maxio: int = 0
 
     def packInto(self, buf: bytearray) -> None:
         _SPAN.pack_into(buf, C.HDR_SIZE, self.peer_id, self.pfs_id,
                         self.pfs_type, self.peer_type, self.proto_version,
                         self.status, b"", self.dist, self.rnss,
                         self.media_bytes, self.media_blksize,
-                        self.media_rest, encodeLabel(self.peer_label),
+                        self.media_maxio, self.media_rest,
+                        encodeLabel(self.peer_label),
                         encodeLabel(self.pfs_label))
 
     @classmethod
     def unpackFrom(cls, buf: BytesLike) -> "LnkSpan":
         (peer_id, pfs_id, pfs_type, peer_type, proto_version, status, _r2,
-         dist, rnss, mbytes, mblksize, mrest, peer_label,
+         dist, rnss, mbytes, mblksize, mmaxio, mrest, peer_label,
          pfs_label) = _SPAN.unpack_from(buf, C.HDR_SIZE)
         return cls(peer_type, mbytes, mblksize, decodeLabel(peer_label),
                    decodeLabel(pfs_label), proto_version, pfs_type, dist,
-                   rnss, status, peer_id, pfs_id, mrest)
+                   rnss, status, peer_id, pfs_id, mrest, mmaxio)
 
 
 class BlkOpen(NamedTuple):

@@ -62,7 +62,8 @@ class Export:
                        media_bytes=self.store.size,
                        media_blksize=self.spec.blksize,
                        peer_label=self.spec.label,
-                       pfs_label=self.spec.serial)
+                       pfs_label=self.spec.serial,
+                       media_maxio=C.AUX_MAX)
 
     def whenIdle(self) -> Deferred:
         if self.inflight == 0:

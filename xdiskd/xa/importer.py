@@ -93,7 +93,9 @@ class Importer:
                           size=ext.media_bytes, have=unit.size)
         self._spanUnits[txn] = unit
         self._touch(unit)
-        unit.spanAdded(txn)
+        # §8.3: DragonFly takes READ/WRITEs of up to 128 KiB and states
+        # no limit; an xdiskd exporter states its own (see LnkSpan).
+        unit.spanAdded(txn, ext.media_maxio or C.DRAGONFLY_MAX_IO)
 
     def spanDeleted(self, txn: Transaction) -> None:
         """The span was withdrawn or its link lost."""

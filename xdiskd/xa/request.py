@@ -33,7 +33,7 @@ class Chunk:
     """
 
     __slots__ = ("request", "cmd", "offset", "length", "data", "seq",
-                 "retries", "notBefore", "txn", "started", "index")
+                 "retries", "notBefore", "txn", "started", "index", "slot")
 
     def __init__(self, request: "Request", cmd: int, offset: int,
                  length: int, data: Any, index: int) -> None:
@@ -48,6 +48,9 @@ class Chunk:
         self.notBefore = 0.0
         self.txn: Any = None
         self.started = 0.0
+        # Where a read's data goes: C{request.parts[index]}, or for a
+        # piece of a divided chunk its own list's C{[index]}.
+        self.slot: Optional[List[Any]] = None
 
     def __lt__(self, other: "Chunk") -> bool:
         return self.seq < other.seq
@@ -70,7 +73,7 @@ class Request:
 
     __slots__ = ("unit", "cmd", "offset", "length", "probe", "deferred",
                  "chunks", "pending", "failure", "parts", "result",
-                 "started", "cancelled", "scatter")
+                 "started", "cancelled", "scatter", "nested")
 
     def __init__(self, unit: Any, cmd: int, offset: int, length: int,
                  probe: bool) -> None:
@@ -88,6 +91,7 @@ class Request:
         self.started = 0.0
         self.cancelled = False
         self.scatter = False    # fire with the list of parts, not joined
+        self.nested = False     # parts holds lists (divided chunks)
 
     def split(self, data: Any, maxIO: int) -> List[Chunk]:
         """Cut this request into chunks of at most C{maxIO} bytes."""
@@ -113,6 +117,39 @@ class Request:
         self.pending = len(self.chunks)
         return self.chunks
 
+    def divide(self, chunk: Chunk, maxIO: int) -> List[Chunk]:
+        """
+        Cut C{chunk} (not in flight) into pieces of at most C{maxIO}
+        bytes, which replace it: the path it was cut for is gone and the
+        one taking over accepts less.  The pieces keep its place in the
+        issue order.
+        """
+        view = memoryview(chunk.data) if chunk.data is not None else None
+        pieces: List[Chunk] = []
+        pos = 0
+        while pos < chunk.length:
+            n = min(maxIO, chunk.length - pos)
+            piece = Chunk(self, chunk.cmd, chunk.offset + pos, n,
+                          view[pos:pos + n] if view is not None else None,
+                          len(pieces))
+            piece.seq = chunk.seq
+            pieces.append(piece)
+            pos += n
+        if self.cmd == C.BLK_READ:
+            slot: List[Any] = [b""] * len(pieces)
+            if self.parts is None:
+                self.parts = [slot]         # it was the only chunk
+            else:
+                (chunk.slot if chunk.slot is not None
+                 else self.parts)[chunk.index] = slot
+            for piece in pieces:
+                piece.slot = slot
+            self.nested = True
+        chunk.data = None
+        self.chunks = [c for c in self.chunks if c is not chunk] + pieces
+        self.pending += len(pieces) - 1
+        return pieces
+
     def chunkDone(self, chunk: Chunk, data: Any) -> None:
         """A chunk completed; C{data} is its read payload (or None)."""
         if self.cmd == C.BLK_READ:
@@ -123,7 +160,9 @@ class Request:
             elif have < n:
                 # §8.4: zero-extend short data.
                 data = (bytes(data) if have else b"") + bytes(n - have)
-            if self.parts is not None:
+            if chunk.slot is not None:
+                chunk.slot[chunk.index] = data
+            elif self.parts is not None:
                 self.parts[chunk.index] = data
             else:
                 self.result = data
@@ -143,6 +182,8 @@ class Request:
         # cycles that only the cyclic GC frees: drop every payload here,
         # or the cycles would hold megabytes until a full collection.
         parts, self.parts = self.parts, None
+        if self.nested and parts is not None:
+            parts = _flatten(parts)
         result, self.result = self.result, None
         for chunk in self.chunks:
             chunk.data = None
@@ -168,3 +209,14 @@ class Request:
         self.cancelled = True
         self.unit._cancel(self)
         d.errback(Failure(CancelledError()))
+
+
+def _flatten(parts: List[Any]) -> List[Any]:
+    """The buffers of C{parts}, whose items may be lists of parts."""
+    out: List[Any] = []
+    for p in parts:
+        if type(p) is list:
+            out.extend(_flatten(p))
+        else:
+            out.append(p)
+    return out

@@ -17,6 +17,12 @@ Open life cycle (C{state}), each transition in one place below:
   OPEN     --last close()----------> CLOSING  (return sent, wait for DELETE)
   CLOSING  --server's DELETE-------> CLOSED
 
+I/O size: a READ/WRITE is cut into chunks of at most C{maxIO} bytes, the
+smallest limit among the unit's paths (each span states its exporter's:
+1 MiB for xdiskd, 128 KiB for DragonFly, which states none), capped by
+the importer's setting.  A chunk cut for a path that has since gone is cut
+again at issue if the path that takes it over accepts less.
+
 Tags: C{maxTags} per unit (MAXTAGS, 64).  While an open exists it holds
 one, so at most 63 I/O transactions are on the wire; the rest of the
 requests wait in C{queue}, FIFO by sequence number.  A tag is owned by an
@@ -47,7 +53,7 @@ from xdiskd.xa.request import Chunk, Request
 from xdiskd.xa.stats import UnitStats
 
 MAXTAGS = 64
-DEFAULT_MAX_IO = 131072          # DragonFly MAXPHYS
+DEFAULT_MAX_IO = C.AUX_MAX       # the cap; each path may state less
 TRIM_CHUNK = 1 << 30             # FREEBLKS length is a u32
 # READ/WRITE bytes accepted and not finished beyond which the unit reports
 # itself congested, so front ends stop taking requests (flat memory however
@@ -91,10 +97,13 @@ class XAUnit:
         self.peerLabel = peerLabel
         self.size = size
         self.sectorSize = sectorSize or 1
+        self.maxIOCap = maxIO
         self.maxIO = maxIO
         self.maxTags = maxTags
         self.readOnly = readOnly
         self.spans: List[Transaction] = []
+        self._spanIO: Dict[Transaction, int] = {}
+        self._openIO = maxIO
         self.state = CLOSED
         self.opencnt = 0
         self.openTxn: Optional[Transaction] = None
@@ -134,8 +143,18 @@ class XAUnit:
     # ---------------------------------------------------------------
     # Paths (called by the importer)
 
-    def spanAdded(self, span: Transaction) -> None:
+    def spanAdded(self, span: Transaction,
+                  maxIO: Optional[int] = None) -> None:
+        """
+        A path: C{span}, whose exporter takes READ/WRITEs of up to
+        C{maxIO} bytes (None: any size up to the unit's cap).
+        """
         self.spans.append(span)
+        limit = self.maxIOCap if maxIO is None else min(maxIO,
+                                                        self.maxIOCap)
+        sector = self.sectorSize
+        self._spanIO[span] = max(sector, limit - limit % sector)
+        self.maxIO = min(self._spanIO.values())
         self.log.info("{unit}: path added via {link} ({n} paths)",
                       unit=self.name, link=span.link.name,
                       n=len(self.spans))
@@ -149,6 +168,9 @@ class XAUnit:
     def spanRemoved(self, span: Transaction) -> None:
         if span in self.spans:
             self.spans.remove(span)
+        self._spanIO.pop(span, None)
+        if self._spanIO:
+            self.maxIO = min(self._spanIO.values())
         self.log.info("{unit}: path via {link} gone ({n} left)",
                       unit=self.name, link=span.link.name,
                       n=len(self.spans))
@@ -239,6 +261,7 @@ class XAUnit:
             self._stall()
             return
         self.openTxn = txn
+        self._openIO = self._spanIO.get(span, self.maxIO)
         self._setState(OPENING)
 
     def _openMessage(self, txn: Transaction, msg: Message) -> None:
@@ -411,10 +434,19 @@ class XAUnit:
                         "%s (%s): no live path for probe I/O" % (
                             self.name, self.serial)))
                     continue
+                limit = self._spanIO.get(parent, self.maxIO)
             elif self.state == OPEN and self.openTxn.isOpen:  # type: ignore
                 parent = self.openTxn
+                limit = self._openIO
             else:
                 return        # stalled: wait for an open
+            if chunk.length > limit and (chunk.cmd == C.BLK_READ
+                                         or chunk.cmd == C.BLK_WRITE):
+                # Cut for a path that is gone; this one takes less.
+                queue.popleft()
+                queue.extendleft(reversed(chunk.request.divide(chunk,
+                                                               limit)))
+                continue
             if len(self.inflight) >= self.maxTags - 1:
                 return        # all tags busy (the open holds one)
             if chunk.cmd == C.BLK_FLUSH and self.inflight and min(
