@@ -4,7 +4,8 @@ The comparison: xdiskd against nbdkit and qemu-nbd, every pair measured in
 alternation in one run, over UNIX sockets with a file in page cache.
 
 Topologies
-  1 hop   xdiskd-1hop      one xdiskd: local export, DMSG loopback, NBD
+  1 hop   xdiskd-1hop      one xdiskd: local export served over NBD
+                           (--no-import --nbd-local: no DMSG)
           nbdkit-1hop      nbdkit file
           qemu-nbd-1hop    qemu-nbd
   2 hops  xdiskd-2hop-unix exporter daemon <- DMSG/UNIX <- importer daemon
@@ -65,11 +66,10 @@ def startAll(d, img, which):
     t = {}
     if "xdiskd-1hop" in which:
         s = os.path.join(d, "x1.sock")
-        dm = os.path.join(d, "x1d.sock")
         t["xdiskd-1hop"] = Topology("xdiskd-1hop", [xdiskd("x1", [
-            "--export", "b=" + img, "--listen", "unix:" + dm,
-            "--connect", "unix:" + dm, "--nbd", "unix:" + s], d)],
-            "nbd+unix:///xa0?socket=" + s)
+            "--no-import", "--export", "b=" + img, "--nbd-local",
+            "--nbd", "unix:" + s], d)],
+            "nbd+unix:///b?socket=" + s)
     if "nbdkit-1hop" in which:
         s = os.path.join(d, "k1.sock")
         t["nbdkit-1hop"] = Topology("nbdkit-1hop", [Proc(

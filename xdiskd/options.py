@@ -47,6 +47,9 @@ class Options(usage.Options):
     optFlags: List[List[Any]] = [
         ["no-import", None, "Do not import spans (export only)."],
         ["no-nbd", None, "Do not serve units over NBD."],
+        ["nbd-local", None,
+         "Also serve this node's own exports over NBD, straight from "
+         "their files (no DMSG), named by their serials."],
         ["relay", None,
          "Relay spans and the transactions on them between links, like "
          "DragonFly's hammer2 service (LNK_CONN peer type ROUTER)."],
@@ -180,8 +183,11 @@ class Options(usage.Options):
                 parseExportSpec(s) for s in self["export"])
         except ExportSpecError as e:
             raise usage.UsageError(str(e))
-        if not self["nbd"] and not self["no-nbd"] and not self["no-import"]:
+        if not self["nbd"] and not self["no-nbd"] and (
+                not self["no-import"] or self["nbd-local"]):
             self["nbd"] = [DEFAULT_NBD]
+        if self["nbd-local"] and not self["export"]:
+            raise usage.UsageError("--nbd-local needs an --export")
         if self["no-nbd"]:
             self["nbd"] = []
         self._operations()

@@ -135,7 +135,11 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
             top.connectors.add(desc)
         except ValueError as e:
             raise usage.UsageError("--connect: %s" % (e,))
-    if importer is not None and options["nbd"]:
+    registry: Any = importer
+    if options["nbd-local"] and exporter is not None:
+        from xdiskd.export.local import LocalDevices, Registries
+        registry = Registries(importer, LocalDevices(exporter))
+    if registry is not None and options["nbd"]:
         from xdiskd.nbd.server import NBDServerFactory
         for desc in options["nbd"]:
             desc = serverEndpointString(desc, options["socket-mode"])
@@ -144,7 +148,7 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
             except (ValueError, TypeError, KeyError) as e:
                 raise usage.UsageError("bad --nbd %r: %s" % (desc, e))
             svc = StreamServerEndpointService(ep, NBDServerFactory(
-                importer, tlsRequired=tls.nbdMode == "require",
+                registry, tlsRequired=tls.nbdMode == "require",
                 tlsContextFactory=tls.nbdContextFactory(),
                 peerCheck=tls.nbdPeerPolicy(), clock=reactor,
                 handshakeTimeout=options["nbd-handshake-timeout"]))
