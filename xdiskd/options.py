@@ -77,6 +77,11 @@ class Options(usage.Options):
          "1048576); DragonFly exporters state nothing and get 131072.",
          int],
         ["store-threads", None, 4, "Export-side disk I/O threads.", int],
+        ["inline-write-max", None, 131072,
+         "Page-aligned export writes up to this many bytes go to the page "
+         "cache in the reactor thread while it has room for them (dirty "
+         "pages well under the kernel's background limit); 0: always "
+         "on the I/O threads.", int],
         ["socket-mode", None, "600",
          "Octal mode of UNIX listening sockets without an explicit mode=."],
         ["hostname", None, None, "Host name used in labels."],
@@ -164,6 +169,8 @@ class Options(usage.Options):
             self["hostname"] = socket.gethostname()
         if not 512 <= self["max-io"] <= 1048576:
             raise usage.UsageError("--max-io must be 512..1048576")
+        if not 0 <= self["inline-write-max"] <= 1048576:
+            raise usage.UsageError("--inline-write-max must be 0..1048576")
         if self["linger"] < 0:
             raise usage.UsageError("--linger must be >= 0")
         try:

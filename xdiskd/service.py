@@ -87,7 +87,8 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
         for spec in options["exports"]:
             try:
                 store = openStore(spec, reactor, pool.pool,
-                                  inline=options["inline-io"])
+                                  inline=options["inline-io"],
+                                  inlineWriteMax=options["inline-write-max"])
             except StoreError as e:
                 raise usage.UsageError(str(e))
             exporter.add(spec, store)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
 from twisted.application.service import Service
@@ -59,6 +60,15 @@ _T = TypeVar("_T")
 
 #: Threads in a store pool unless told otherwise.
 DEFAULT_POOL_THREADS = 4
+
+#: Pool mode: page-aligned writes up to this size are made in the calling
+#: thread while the page cache has room for them (L{xdiskd.export.dirty}).
+INLINE_WRITE_MAX = 128 << 10
+#: An inline write slower than this (seconds) sends writes to the pool
+#: for INLINE_BACKOFF seconds.
+INLINE_SLOW = 0.002
+INLINE_BACKOFF = 5.0
+_PAGE_MASK = 4095
 
 class StoreError(XDiskError):
     """
@@ -141,12 +151,18 @@ class FileStore:
         reactor: IReactorFromThreads,
         pool: Optional[ThreadPool],
         nowait: bool = True,
+        inlineWriteMax: int = INLINE_WRITE_MAX,
+        gauge: Any = None,
     ) -> None:
         """
         Wrap an open file descriptor; the store owns it from now on.
 
         @param pool: The thread pool for system calls, or None for inline
             mode (system calls in the calling thread).
+        @param inlineWriteMax: pool mode: page-aligned writes up to this
+            many bytes are made in the calling thread while C{gauge} (a
+            L{xdiskd.export.dirty.DirtyGauge}) says the page cache has
+            room; 0 never.
         """
         self._fd = fd
         self.path = path
@@ -174,6 +190,13 @@ class FileStore:
         self._nowaitWrite = self._nowaitRead
         self.nowaitHits = 0
         self.nowaitMisses = 0
+        if gauge is None:
+            from xdiskd.export.dirty import gauge
+        self._gauge = gauge
+        self._inlineWriteMax = inlineWriteMax if pool is not None else 0
+        self._inlineOffUntil = 0.0
+        self.inlineWrites = 0
+        self.slowInlineWrites = 0
 
     def __repr__(self) -> str:
         mode = "ro" if self.readOnly else "rw"
@@ -279,12 +302,42 @@ class FileStore:
                 return d.addBoth(_releaseView, view)
             if done == view.nbytes:
                 d = defer.succeed(None)
+            elif (not done and view.nbytes <= self._inlineWriteMax
+                  and not (offset | view.nbytes) & _PAGE_MASK
+                  and self._roomForInline()):
+                d = self._writeInline(offset, view)
             else:
                 d = self._run(f"write {view.nbytes} bytes at {offset}",
                               _writeFull, self._fd, offset + done,
                               view[done:])
         # Let the caller resize its buffer again once we are done with it.
         return d.addBoth(_releaseView, view)
+
+    def _roomForInline(self) -> bool:
+        if self._inlineOffUntil:
+            if time.monotonic() < self._inlineOffUntil:
+                return False
+            self._inlineOffUntil = 0.0
+        return bool(self._gauge.roomy())
+
+    def _writeInline(self, offset: int, view: memoryview) -> Deferred[None]:
+        """
+        Write in the calling thread (the page cache has room); a write
+        that was slow anyway sends writes to the pool for a while.
+        """
+        self.inlineWrites += 1
+        t = time.monotonic()
+        try:
+            _writeFull(self._fd, offset, view)
+        except OSError as e:
+            return defer.fail(MediaError(
+                f"{self.path}: write {view.nbytes} bytes at {offset}: "
+                f"{_describe(e)}"))
+        t2 = time.monotonic()
+        if t2 - t > INLINE_SLOW:
+            self.slowInlineWrites += 1
+            self._inlineOffUntil = t2 + INLINE_BACKOFF
+        return defer.succeed(None)
 
     def _writeNowait(self, offset: int, view: memoryview) -> int:
         """
@@ -479,6 +532,7 @@ def openStore(
     pool: Optional[ThreadPool] = None,
     inline: bool = False,
     nowait: bool = True,
+    inlineWriteMax: int = INLINE_WRITE_MAX,
 ) -> FileStore:
     """
     Open the file or block device of an export.
@@ -496,6 +550,9 @@ def openStore(
     @param nowait: with a pool, first try reads and writes in the calling
         thread with C{RWF_NOWAIT} (page-cache hits never wait for the
         device); the pool does what would block.
+    @param inlineWriteMax: with a pool, page-aligned writes up to this
+        many bytes go to the page cache in the calling thread while it
+        has room for them (see L{FileStore}); 0 never.
     @return: The open store.
     @raise StoreError: if the path is missing, not openable, neither a
         regular file nor a block device, or of an unusable size.
@@ -547,4 +604,5 @@ def openStore(
         reactor,
         None if inline else pool,
         nowait,
+        inlineWriteMax,
     )
