@@ -160,3 +160,52 @@ class MallocTests(SynchronousTestCase):
         if not sys.platform.startswith("linux"):
             raise self.skipTest("glibc only")
         self.assertTrue(tuning.tuneMalloc())
+
+
+class LeanPollTests(SynchronousTestCase):
+    """L{tuning.leanPoll}: epoll events go straight to _doReadOrWrite."""
+
+    def setUp(self):
+        from twisted.internet.epollreactor import EPollReactor
+        self.reactor = EPollReactor()
+        self.addCleanup(self.reactor._poller.close)
+        self.assertTrue(tuning.leanPoll(self.reactor))
+
+    def reader(self, doRead):
+        from twisted.internet.abstract import FileDescriptor
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        lost = []
+
+        class Reader(FileDescriptor):
+            def fileno(self):
+                return a.fileno()
+
+            def connectionLost(self, reason):
+                lost.append(reason)
+                FileDescriptor.connectionLost(self, reason)
+        r = Reader(self.reactor)
+        r.doRead = doRead
+        self.reactor.addReader(r)
+        b.send(b"x")
+        return r, lost
+
+    def test_readEventDelivered(self):
+        seen = []
+        r, lost = self.reader(lambda: seen.append(1))
+        self.reactor.doIteration(1)
+        self.assertEqual((seen, lost), ([1], []))
+
+    def test_errorLoggedAndDisconnects(self):
+        def boom():
+            raise ValueError("bad")
+        r, lost = self.reader(boom)
+        self.reactor.doIteration(1)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        self.assertEqual(len(lost), 1)
+        self.assertNotIn(r, self.reactor.getReaders())
+
+    def test_otherReactorsLeftAlone(self):
+        from twisted.internet.testing import MemoryReactor
+        self.assertFalse(tuning.leanPoll(MemoryReactor()))

@@ -24,7 +24,7 @@ from xdiskd.export.server import Exporter
 from xdiskd.export.store import StoreError, StorePoolService, openStore
 from xdiskd.node import Node
 from xdiskd.relay import Relay
-from xdiskd.tuning import tuneMalloc
+from xdiskd.tuning import leanPoll, tuneMalloc
 from xdiskd.options import Options, ensureImages, serverEndpointString
 from xdiskd.xa.importer import Importer
 
@@ -80,6 +80,7 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
         raise usage.UsageError("cannot create image: %s" % (e,))
 
     tuneMalloc()
+    leanPoll(reactor)
     pool = StorePoolService(options["store-threads"])
     exporter = None
     if options["exports"]:

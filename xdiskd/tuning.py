@@ -51,6 +51,40 @@ def tuneMalloc(mmapThreshold: int = MMAP_THRESHOLD,
         mallopt(_M_TRIM_THRESHOLD, trimThreshold))
 
 
+def leanPoll(reactor: Any) -> bool:
+    """
+    Give an epoll reactor a C{doPoll} without Twisted's per-event
+    C{callWithLogger} (a logPrefix call and a logging-context push and pop
+    around every ready descriptor, for legacy C{log.msg} lines' system
+    prefix).  Errors are still caught, logged and disconnect the
+    descriptor: that is C{_doReadOrWrite}'s own work.
+
+    @return: whether the reactor was changed.
+    """
+    import errno
+    from twisted.internet.epollreactor import EPollReactor
+    if not isinstance(reactor, EPollReactor):
+        return False
+    poll = reactor._poller.poll
+    selectables = reactor._selectables
+    drdw = reactor._doReadOrWrite
+
+    def doPoll(timeout: Optional[float]) -> None:
+        try:
+            events = poll(-1 if timeout is None else timeout,
+                          len(selectables))
+        except OSError as err:
+            if err.errno == errno.EINTR:
+                return
+            raise
+        for fd, event in events:
+            selectable = selectables.get(fd)
+            if selectable is not None:
+                drdw(selectable, fd, event)
+    reactor.doPoll = reactor.doIteration = doPoll  # type: ignore[method-assign]
+    return True
+
+
 def tuneTransport(transport: Any, chunk: int = IO_CHUNK,
                   sockbuf: int = SOCKET_BUFFER) -> None:
     """Apply the sizes above to a connected transport, where possible."""
