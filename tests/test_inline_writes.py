@@ -133,7 +133,7 @@ class InlineWriteTests(TestCase):
         """Unaligned, too large, no room, or turned off: the pool."""
         cases = [(self.store(), 512, 4 * KiB),
                  (self.store(), 0, 1000),
-                 (self.store(), 0, 256 * KiB),
+                 (self.store(), 0, 2 * MiB),
                  (self.store(roomy=False), 0, 4 * KiB),
                  (self.store(inlineWriteMax=0), 0, 4 * KiB)]
         for s, offset, length in cases:

@@ -77,7 +77,7 @@ class Options(usage.Options):
          "1048576); DragonFly exporters state nothing and get 131072.",
          int],
         ["store-threads", None, 4, "Export-side disk I/O threads.", int],
-        ["inline-write-max", None, 131072,
+        ["inline-write-max", None, 1048576,
          "Page-aligned export writes up to this many bytes go to the page "
          "cache in the reactor thread while it has room for them (dirty "
          "pages well under the kernel's background limit); 0: always "

@@ -63,7 +63,7 @@ DEFAULT_POOL_THREADS = 4
 
 #: Pool mode: page-aligned writes up to this size are made in the calling
 #: thread while the page cache has room for them (L{xdiskd.export.dirty}).
-INLINE_WRITE_MAX = 128 << 10
+INLINE_WRITE_MAX = 1 << 20
 #: An inline write slower than this (seconds) sends writes to the pool
 #: for INLINE_BACKOFF seconds.
 INLINE_SLOW = 0.002
