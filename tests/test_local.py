@@ -91,7 +91,8 @@ class LocalDeviceTests(TestCase):
         device refuses everything and the registry forgets it."""
         dev = self.dev
         yield dev.open()
-        w = dev.write(0, os.urandom(MiB))
+        # Not page-aligned: it goes to the pool, not inline.
+        w = dev.write(512, os.urandom(MiB))
         self.assertEqual(self.exporter.exports["serno/L"].inflight, 1)
         gone = self.exporter.withdraw("serno/L")
         yield w
