@@ -78,6 +78,7 @@ class TakersOverwriteTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         buffers.pool.clear()
+        buffers.pool.reused = 0
         self.addCleanup(buffers.pool.clear)
 
     def dirty(self, size: int) -> None:
