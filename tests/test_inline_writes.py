@@ -144,19 +144,41 @@ class InlineWriteTests(TestCase):
             yield d
             self.assertEqual(self.content(offset, length), data)
 
-    @defer.inlineCallbacks
-    def test_slowInlineWriteBacksOff(self):
-        """An inline write that took too long anyway sends the next
-        writes to the pool for INLINE_BACKOFF seconds."""
-        s = self.store()
+    def slowWrites(self, sleeps):
+        """Every inline write takes 0.5 s; it slept (a voluntary context
+        switch) if C{sleeps}, else it was only preempted."""
         clock = [100.0]
+        switches = [7]
         real = storeModule._writeFull
 
         def slowWrite(fd, offset, view):
             real(fd, offset, view)
             clock[0] += 0.5
+            if sleeps:
+                switches[0] += 1
         self.patch(storeModule, "_writeFull", slowWrite)
         self.patch(storeModule.time, "monotonic", lambda: clock[0])
+        self.patch(storeModule, "_voluntarySwitches", lambda: switches[0])
+        return clock
+
+    def test_voluntarySwitchesCounted(self):
+        n = storeModule._voluntarySwitches()
+        self.assertIsInstance(n, int)
+
+    def test_preemptedSlowWriteStaysInline(self):
+        """Slow only because the thread was preempted: no back-off."""
+        s = self.store()
+        self.slowWrites(sleeps=False)
+        for _ in range(3):
+            self.successResultOf(s.write(0, os.urandom(4 * KiB)))
+        self.assertEqual((s.inlineWrites, s.slowInlineWrites), (3, 0))
+
+    @defer.inlineCallbacks
+    def test_slowInlineWriteBacksOff(self):
+        """An inline write that slept and took too long sends the next
+        writes to the pool for INLINE_BACKOFF seconds."""
+        s = self.store()
+        clock = self.slowWrites(sleeps=True)
         self.successResultOf(s.write(0, os.urandom(4 * KiB)))
         self.assertEqual((s.inlineWrites, s.slowInlineWrites), (1, 1))
         d = s.write(0, os.urandom(4 * KiB))

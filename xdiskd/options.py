@@ -80,7 +80,7 @@ class Options(usage.Options):
         ["inline-write-max", None, 1048576,
          "Page-aligned export writes up to this many bytes go to the page "
          "cache in the reactor thread while it has room for them (dirty "
-         "pages well under the kernel's background limit); 0: always "
+         "pages under the kernel's background limit); 0: always "
          "on the I/O threads.", int],
         ["socket-mode", None, "600",
          "Octal mode of UNIX listening sockets without an explicit mode=."],

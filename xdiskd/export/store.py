@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import stat
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
@@ -64,11 +65,27 @@ DEFAULT_POOL_THREADS = 4
 #: Pool mode: page-aligned writes up to this size are made in the calling
 #: thread while the page cache has room for them (L{xdiskd.export.dirty}).
 INLINE_WRITE_MAX = 1 << 20
-#: An inline write slower than this (seconds) sends writes to the pool
-#: for INLINE_BACKOFF seconds.
+#: An inline write that slept (a voluntary context switch: throttled, a
+#: lock, the device) and took longer than this (seconds) sends writes to
+#: the pool for INLINE_BACKOFF seconds.  Time alone misleads on a busy
+#: machine: a 1 MiB page-cache copy preempted by other processes took
+#: over 2 ms without ever waiting.
 INLINE_SLOW = 0.002
 INLINE_BACKOFF = 5.0
 _PAGE_MASK = 4095
+
+
+_RUSAGE_THREAD: int = getattr(resource, "RUSAGE_THREAD", -1)
+
+
+def _voluntarySwitches() -> int:
+    """
+    This thread's voluntary context switches so far; -1 where unknown
+    (not Linux), and every slow write then counts as one that slept.
+    """
+    if _RUSAGE_THREAD < 0:
+        return -1
+    return resource.getrusage(_RUSAGE_THREAD).ru_nvcsw
 
 class StoreError(XDiskError):
     """
@@ -326,6 +343,7 @@ class FileStore:
         that was slow anyway sends writes to the pool for a while.
         """
         self.inlineWrites += 1
+        switches = _voluntarySwitches()
         t = time.monotonic()
         try:
             _writeFull(self._fd, offset, view)
@@ -334,7 +352,8 @@ class FileStore:
                 f"{self.path}: write {view.nbytes} bytes at {offset}: "
                 f"{_describe(e)}"))
         t2 = time.monotonic()
-        if t2 - t > INLINE_SLOW:
+        if t2 - t > INLINE_SLOW and (
+                switches < 0 or _voluntarySwitches() != switches):
             self.slowInlineWrites += 1
             self._inlineOffUntil = t2 + INLINE_BACKOFF
         return defer.succeed(None)
