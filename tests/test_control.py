@@ -69,6 +69,8 @@ class ListStatTests(APITestsBase):
                                           "closed", 0))
         [link] = reply["links"]
         self.assertEqual(u["paths"], [link["name"]])
+        # The exporter (xdiskd) states 1 MiB I/Os in its span.
+        self.assertEqual(u["maxIO"], 1 << 20)
         self.assertEqual((link["direction"], link["endpoint"],
                           link["ready"]), ("out", "mem:a", True))
         self.assertEqual(reply["connectors"], [dict(

@@ -598,7 +598,8 @@ class XAUnit:
                     opencnt=self.opencnt, paths=self.paths,
                     spans=len(self.spans), queued=len(self.queue),
                     inflight=len(self.inflight),
-                    readOnly=self.readOnly, stats=self.stats.asDict())
+                    readOnly=self.readOnly, maxIO=self.maxIO,
+                    stats=self.stats.asDict())
 
 
 def _opName(cmd: int) -> str:
