@@ -138,14 +138,6 @@ class NotInstalledTests(SynchronousTestCase):
 
 
 class SenderTests(SynchronousTestCase):
-    def test_rest(self):
-        """What sendmsg did not take is joined from where it stopped."""
-        bufs = [b"abc", memoryview(b"defgh"), b"ij"]
-        self.assertEqual(tuning._rest(bufs, 0), b"abcdefghij")
-        self.assertEqual(tuning._rest(bufs, 4), b"efghij")
-        self.assertEqual(tuning._rest(bufs, 8), b"ij")
-        self.assertEqual(tuning._rest(bufs, 10), b"")
-
     def test_fallback(self):
         """A transport without a socket gets one joined write."""
         t = StringTransport()

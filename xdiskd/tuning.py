@@ -378,17 +378,6 @@ class Sender:
         return self._twistedDoWrite()
 
 
-def _rest(bufs: list, sent: int) -> bytes:
-    """The bytes of C{bufs} after the first C{sent}."""
-    for i, b in enumerate(bufs):
-        n = len(b)
-        if sent < n:
-            head = memoryview(b)[sent:] if sent else b
-            return b"".join([head] + bufs[i + 1:])
-        sent -= n
-    return b""
-
-
 def beginBatch() -> None:
     global _depth
     _depth += 1

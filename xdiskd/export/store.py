@@ -38,6 +38,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from xdiskd.buffers import take as _takeBuffer
+from xdiskd.export.dirty import gauge as dirtyGauge
 from xdiskd.export.pool import LeanPool, submit
 from xdiskd.errors import (
     MediaError,
@@ -86,6 +87,7 @@ def _voluntarySwitches() -> int:
     if _RUSAGE_THREAD < 0:
         return -1
     return resource.getrusage(_RUSAGE_THREAD).ru_nvcsw
+
 
 class StoreError(XDiskError):
     """
@@ -207,9 +209,7 @@ class FileStore:
         self._nowaitWrite = self._nowaitRead
         self.nowaitHits = 0
         self.nowaitMisses = 0
-        if gauge is None:
-            from xdiskd.export.dirty import gauge
-        self._gauge = gauge
+        self._gauge = gauge if gauge is not None else dirtyGauge
         self._inlineWriteMax = inlineWriteMax if pool is not None else 0
         self._inlineOffUntil = 0.0
         self.inlineWrites = 0
@@ -346,11 +346,10 @@ class FileStore:
         switches = _voluntarySwitches()
         t = time.monotonic()
         try:
-            _writeFull(self._fd, offset, view)
-        except OSError as e:
-            return defer.fail(MediaError(
-                f"{self.path}: write {view.nbytes} bytes at {offset}: "
-                f"{_describe(e)}"))
+            self._call(f"write {view.nbytes} bytes at {offset}",
+                       _writeFull, self._fd, offset, view)
+        except MediaError:
+            return defer.fail()
         t2 = time.monotonic()
         if t2 - t > INLINE_SLOW and (
                 switches < 0 or _voluntarySwitches() != switches):

@@ -100,22 +100,27 @@ class Request:
             self.chunks = [Chunk(self, cmd, self.offset, self.length, data,
                                  0)]
         else:
-            view = memoryview(data) if data is not None else None
-            chunks = []
-            pos = 0
-            i = 0
-            while pos < self.length:
-                n = min(maxIO, self.length - pos)
-                piece = view[pos:pos + n] if view is not None else None
-                chunks.append(Chunk(self, cmd, self.offset + pos, n, piece,
-                                    i))
-                pos += n
-                i += 1
-            self.chunks = chunks
+            self.chunks = self._cut(self.offset, self.length, data, maxIO)
             if cmd == C.BLK_READ:
-                self.parts = [b""] * len(chunks)
+                self.parts = [b""] * len(self.chunks)
         self.pending = len(self.chunks)
         return self.chunks
+
+    def _cut(self, offset: int, length: int, data: Any,
+             maxIO: int) -> List[Chunk]:
+        """Chunks of at most C{maxIO} bytes over C{length} bytes at
+        C{offset}, numbered from 0; C{data} (if any) is cut into views."""
+        view = memoryview(data) if data is not None else None
+        chunks: List[Chunk] = []
+        pos = 0
+        while pos < length:
+            n = min(maxIO, length - pos)
+            chunks.append(Chunk(
+                self, self.cmd, offset + pos, n,
+                view[pos:pos + n] if view is not None else None,
+                len(chunks)))
+            pos += n
+        return chunks
 
     def divide(self, chunk: Chunk, maxIO: int) -> List[Chunk]:
         """
@@ -124,17 +129,9 @@ class Request:
         one taking over accepts less.  The pieces keep its place in the
         issue order.
         """
-        view = memoryview(chunk.data) if chunk.data is not None else None
-        pieces: List[Chunk] = []
-        pos = 0
-        while pos < chunk.length:
-            n = min(maxIO, chunk.length - pos)
-            piece = Chunk(self, chunk.cmd, chunk.offset + pos, n,
-                          view[pos:pos + n] if view is not None else None,
-                          len(pieces))
+        pieces = self._cut(chunk.offset, chunk.length, chunk.data, maxIO)
+        for piece in pieces:
             piece.seq = chunk.seq
-            pieces.append(piece)
-            pos += n
         if self.cmd == C.BLK_READ:
             slot: List[Any] = [b""] * len(pieces)
             if self.parts is None:
