@@ -23,6 +23,21 @@ from tests.daemons import Daemon, nbdURI, requireTools, run, waitNBD
 MiB = 1 << 20
 
 
+def coldCache(case):
+    """From now on every RWF_NOWAIT read finds the page cache cold;
+    returns the list of those attempts."""
+    real = os.preadv
+    asked = []
+
+    def preadv(fd, bufs, offset, flags=0):
+        if flags:
+            asked.append(offset)
+            raise BlockingIOError(11, "would block")
+        return real(fd, bufs, offset)
+    case.patch(os, "preadv", preadv)
+    return asked
+
+
 class LocalDeviceTests(TestCase):
     """Against a pool-mode store (page-cache reads inline, the rest on
     threads), as the daemon runs it."""
@@ -74,6 +89,23 @@ class LocalDeviceTests(TestCase):
         yield dev.flush()
         yield dev.close()
         self.failureResultOf(dev.close(), NotOpenError)
+
+    @defer.inlineCallbacks
+    def test_cacheMissGoesToPool(self):
+        """Where the page cache cannot answer, read and readv go to the
+        store's threads, counted in flight, having asked the page cache
+        once each."""
+        asked = coldCache(self)
+        export = self.exporter.exports["serno/L"]
+        d = self.dev.read(512, 1000)
+        self.assertEqual((export.inflight, len(asked)), (1, 1))
+        got = yield d
+        self.assertEqual(bytes(got), bytes(self.content[512:1512]))
+        parts = yield self.dev.readv(0, 8192)
+        self.assertIsInstance(parts, list)
+        self.assertEqual(b"".join(bytes(p) for p in parts),
+                         bytes(self.content[:8192]))
+        self.assertEqual((export.inflight, len(asked)), (0, 2))
 
     def test_outOfRangeAndReadOnly(self):
         self.failureResultOf(self.dev.read(4 * MiB - 10, 20),

@@ -148,6 +148,30 @@ class IOTests(Base):
         self.wait(u.write(0, data))
         self.assertEqual(readFile(self.path)[:1 << 20], data)
 
+    def test_cacheMissAskedOnce(self):
+        """A read the page cache cannot answer asks it once (on the
+        one-shot path), then the store's threads without asking again."""
+        u = self.openUnit()
+        export = self.exp.exporter.exports["serno/A"]
+        real = export.store
+        calls = []
+
+        class ColdCache:
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+            def readNow(self, offset, length):
+                calls.append("readNow")
+                return None
+
+            def read(self, offset, length, nowait=True):
+                calls.append(("read", nowait))
+                return real.read(offset, length)
+        export.store = ColdCache()
+        got = self.wait(u.read(4096, 4096))
+        self.assertEqual(bytes(got), bytes(self.content[4096:8192]))
+        self.assertEqual(calls, ["readNow", ("read", False)])
+
     def _noOneShots(self):
         """Every I/O of the opens so far goes through Exporter._io (the
         one-shot answer of cached reads would bypass the hooks below)."""

@@ -87,7 +87,9 @@ class IBackingStore(Interface):
         """Fire with a bytes-like object of C{length} bytes."""
 
     # Optional: readNow(offset, length) returns the bytes at once when
-    # they can be had without blocking (the page cache), else None.
+    # they can be had without blocking (the page cache), else None; a
+    # store that has it also takes read(offset, length, nowait=False),
+    # which skips that attempt (the caller has just made it).
 
     def write(offset, data):
         """Write C{data} at C{offset}; fire with None."""

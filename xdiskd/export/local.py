@@ -86,31 +86,28 @@ class LocalDevice:
         return d.addBoth(done)
 
     def read(self, offset: int, length: int) -> Deferred:
-        refused = self._check(offset, length)
-        if refused is not None:
-            return refused
-        if length == 0:
-            return succeed(b"")
-        if self._readNow is not None:
-            buf = self._readNow(offset, length)
-            if buf is not None:
-                self.export.ops += 1
-                return succeed(buf)
-        return self._track(self.store.read(offset, length))
+        return self._read(offset, length, False)
 
     def readv(self, offset: int, length: int) -> Deferred:
+        return self._read(offset, length, True)
+
+    def _read(self, offset: int, length: int, parts: bool) -> Deferred:
+        # parts: fire with a list of buffers (readv), else one buffer.
         refused = self._check(offset, length)
         if refused is not None:
             return refused
         if length == 0:
-            return succeed([])
-        if self._readNow is not None:
+            return succeed([] if parts else b"")
+        if self._readNow is None:
+            d = self.store.read(offset, length)
+        else:
             buf = self._readNow(offset, length)
             if buf is not None:
                 self.export.ops += 1
-                return succeed([buf])
-        return self._track(self.store.read(offset, length)).addCallback(
-            _one)
+                return succeed([buf] if parts else buf)
+            d = self.store.read(offset, length, nowait=False)
+        d = self._track(d)
+        return d.addCallback(_one) if parts else d
 
     def write(self, offset: int, data: Any) -> Deferred:
         refused = self._check(offset, len(data), True)

@@ -317,14 +317,19 @@ class Exporter:
             io.exportBytes += length
         if icmd == C.BLK_READ:
             readNow = getattr(store, "readNow", None)
-            if readNow is not None:
-                # From the page cache, at once: no Deferred, nothing in
-                # flight (a withdrawal never sees it).
-                buf = readNow(offset, length)
-                if buf is not None:
-                    self._ioOK(buf, txn, icmd)
-                    return True
-            d = store.read(offset, length)
+            if readNow is None:
+                d = store.read(offset, length)
+            else:
+                parent = txn.parent
+                if parent is None or parent.onOneShot is None:
+                    # From the page cache, at once: no Deferred, nothing
+                    # in flight (a withdrawal never sees it).  Under an
+                    # open, _openOneShot has just tried that already.
+                    buf = readNow(offset, length)
+                    if buf is not None:
+                        self._ioOK(buf, txn, icmd)
+                        return True
+                d = store.read(offset, length, nowait=False)
             held = length
         elif icmd == C.BLK_WRITE:
             data = msg.aux if msg.aux is not None else b""

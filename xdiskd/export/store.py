@@ -236,17 +236,20 @@ class FileStore:
 
     # -- IBackingStore
 
-    def read(self, offset: int, length: int) -> Deferred[bytearray]:
+    def read(self, offset: int, length: int,
+             nowait: bool = True) -> Deferred[bytearray]:
         """
         Read C{length} bytes at C{offset}.
 
+        @param nowait: False when the caller has just tried L{readNow}:
+            do not ask the page cache again, go to the pool.
         @return: A Deferred firing with a new C{bytearray} of exactly
             C{length} bytes (zeros where the file has since shrunk).
         """
         refused = self._refuse("read", offset, length, writing=False)
         if refused is not None:
             return defer.fail(refused)
-        if self._nowaitRead:
+        if nowait and self._nowaitRead:
             buf = self._readNowait(offset, length)
             if buf is not None:
                 return defer.succeed(buf)
