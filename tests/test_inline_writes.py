@@ -70,6 +70,18 @@ class GaugeTests(SynchronousTestCase):
         self.now += 0.1
         self.assertFalse(self.gauge.roomy())
 
+    def test_defaultUpToTheBackgroundLimit(self):
+        """By default the whole background limit counts as room: the
+        kernel throttles writers only halfway from it to the hard one."""
+        gauge = DirtyGauge(clock=lambda: self.now,
+                           meminfo=self.gauge._meminfo,
+                           sysctl=self.gauge._sysctl)
+        self.setMeminfo(999999, 0)
+        self.assertTrue(gauge.roomy())
+        self.setMeminfo(1000000, 0)
+        self.now += 1
+        self.assertFalse(gauge.roomy())
+
     def test_readAtMostEveryInterval(self):
         self.assertTrue(self.gauge.roomy())
         self.setMeminfo(900000, 0)

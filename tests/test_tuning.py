@@ -184,6 +184,12 @@ class LeanPollTests(SynchronousTestCase):
         return r, lost
 
     def test_readEventDelivered(self):
+        """Straight to doRead: no callWithLogger (logPrefix, context)."""
+        from twisted.python import log
+
+        def notCalled(*a, **kw):
+            raise AssertionError("callWithLogger used")
+        self.patch(log, "callWithLogger", notCalled)
         seen = []
         r, lost = self.reader(lambda: seen.append(1))
         self.reactor.doIteration(1)
