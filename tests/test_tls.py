@@ -434,3 +434,34 @@ class OpenSSLInteropTests(SynchronousTestCase):
             from twisted.trial.unittest import SkipTest
             raise SkipTest("no openssl command")
         self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+
+
+class AnnouncingEndpointTests(SynchronousTestCase):
+    """A listener's start-up line comes once it listens, never before,
+    and not at all if it cannot."""
+
+    def test_announcedOnceListening(self):
+        from xdiskd.endpoints import AnnouncingEndpoint
+
+        class Inner:
+            def listen(self, factory):
+                self.d = Deferred()
+                return self.d
+        inner = Inner()
+        said = []
+        d = AnnouncingEndpoint(inner, said.append).listen(object())
+        self.assertEqual(said, [])          # not bound yet
+        inner.d.callback("port")
+        self.assertEqual((said, self.successResultOf(d)), (["port"], "port"))
+
+    def test_notAnnouncedWhenListenFails(self):
+        from twisted.internet.defer import fail
+        from xdiskd.endpoints import AnnouncingEndpoint
+
+        class Inner:
+            def listen(self, factory):
+                return fail(OSError(98, "Address in use"))
+        said = []
+        d = AnnouncingEndpoint(Inner(), said.append).listen(object())
+        self.failureResultOf(d, OSError)
+        self.assertEqual(said, [])

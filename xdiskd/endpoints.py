@@ -19,7 +19,7 @@ certificates or allow-list.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, List, NamedTuple, Optional, Tuple
 
 from twisted.internet.endpoints import (
     clientFromString, serverFromString, wrapClientTLS)
@@ -227,3 +227,23 @@ def listenerNotice(what: str, desc: str, tls: TLSConfig) -> Tuple[bool, str]:
                       "certificates)" % (head, exp.where)
     return True, "%s: NOT loopback-only (%s) and %s: any host that can " \
                  "reach it can %s" % (head, exp.where, weak, _RISK[what])
+
+
+@implementer(IStreamServerEndpoint)
+class AnnouncingEndpoint:
+    """
+    A server endpoint that calls C{announce(port)} once C{inner} is
+    listening, so that a "listening" log line never comes before the
+    socket exists (a client that waits for the line may connect at once).
+    """
+
+    def __init__(self, inner: Any, announce: Callable[[Any], None]) -> None:
+        self.inner = inner
+        self.announce = announce
+
+    def listen(self, factory: Any) -> Any:
+        return self.inner.listen(factory).addCallback(self._listening)
+
+    def _listening(self, port: Any) -> Any:
+        self.announce(port)
+        return port

@@ -7,7 +7,7 @@ listeners, all under one MultiService.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
@@ -19,7 +19,8 @@ from twisted.python import usage
 from xdiskd.connectors import Connectors
 from xdiskd.control.services import addOperationServices
 from xdiskd.dmsg.link import DMSGFactory
-from xdiskd.endpoints import clientEndpoint, listenerNotice, serverEndpoint
+from xdiskd.endpoints import (
+    AnnouncingEndpoint, clientEndpoint, listenerNotice, serverEndpoint)
 from xdiskd.export.server import Exporter
 from xdiskd.export.store import StoreError, StorePoolService, openStore
 from xdiskd.node import Node
@@ -61,6 +62,15 @@ class XDiskService(MultiService):
         self.pool: Any = None
         self.inlineIO = False
         self.reloader: Any = None
+
+
+def _notice(what: str, desc: str, tls: Any) -> Callable[[Any], None]:
+    """Log a listener's start-up line (a warning if it is exposed)."""
+    warn, text = listenerNotice(what, desc, tls)
+
+    def announce(port: Any) -> None:
+        (log.warn if warn else log.info)("{text}", text=text)
+    return announce
 
 
 def makeService(options: Options, reactor: Any = None) -> XDiskService:
@@ -117,13 +127,13 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
             ep = serverEndpoint(reactor, desc, tls)
         except (ValueError, TypeError, KeyError) as e:
             raise usage.UsageError("bad --listen %r: %s" % (desc, e))
-        svc = StreamServerEndpointService(ep, DMSGFactory(
-            node, "in", limits=limits, clock=reactor,
-            peerCheck=tls.peerPolicy() if desc.startswith("tls:") else None))
+        svc = StreamServerEndpointService(
+            AnnouncingEndpoint(ep, _notice("DMSG", desc, tls)), DMSGFactory(
+                node, "in", limits=limits, clock=reactor,
+                peerCheck=tls.peerPolicy() if desc.startswith("tls:")
+                else None))
         svc._raiseSynchronously = True
         svc.setServiceParent(top)
-        warn, text = listenerNotice("DMSG", desc, tls)
-        (log.warn if warn else log.info)("{text}", text=text)
     def connectEndpoint(desc: str) -> Any:
         """A --connect (or xdisk attach) endpoint."""
         return clientEndpoint(reactor, desc, tls)
@@ -149,14 +159,14 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
                 ep = serverFromString(reactor, desc)
             except (ValueError, TypeError, KeyError) as e:
                 raise usage.UsageError("bad --nbd %r: %s" % (desc, e))
-            svc = StreamServerEndpointService(ep, NBDServerFactory(
-                registry, tlsRequired=tls.nbdMode == "require",
-                tlsContextFactory=tls.nbdContextFactory(),
-                peerCheck=tls.nbdPeerPolicy(), clock=reactor,
-                handshakeTimeout=options["nbd-handshake-timeout"]))
+            svc = StreamServerEndpointService(
+                AnnouncingEndpoint(ep, _notice("NBD", desc, tls)),
+                NBDServerFactory(
+                    registry, tlsRequired=tls.nbdMode == "require",
+                    tlsContextFactory=tls.nbdContextFactory(),
+                    peerCheck=tls.nbdPeerPolicy(), clock=reactor,
+                    handshakeTimeout=options["nbd-handshake-timeout"]))
             svc._raiseSynchronously = True
             svc.setServiceParent(top)
-            warn, text = listenerNotice("NBD", desc, tls)
-            (log.warn if warn else log.info)("{text}", text=text)
     addOperationServices(top, options, reactor)
     return top

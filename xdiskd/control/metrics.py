@@ -17,6 +17,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from xdiskd.control.api import linkInflight
+from xdiskd.endpoints import AnnouncingEndpoint
 from xdiskd.xa.stats import BUCKETS
 
 log = Logger()
@@ -255,20 +256,12 @@ class QuietSite(Site):
         pass
 
 
-class _AnnouncingEndpoint:
-    """Logs the address actually bound (a port of 0 picks one)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-
-    def listen(self, factory: Any) -> Any:
-        def listening(port: Any) -> Any:
-            host = port.getHost()
-            log.info("metrics at http://{host}:{port}/metrics",
-                     host=getattr(host, "host", host),
-                     port=getattr(host, "port", ""))
-            return port
-        return self.inner.listen(factory).addCallback(listening)
+def _announce(port: Any) -> None:
+    """Log the address actually bound (a port of 0 picks one)."""
+    host = port.getHost()
+    log.info("metrics at http://{host}:{port}/metrics",
+             host=getattr(host, "host", host),
+             port=getattr(host, "port", ""))
 
 
 def metricsService(reactor: Any, desc: str, daemon: Any,
@@ -283,7 +276,7 @@ def metricsService(reactor: Any, desc: str, daemon: Any,
         ep = serverFromString(reactor, desc)
     except (ValueError, TypeError, KeyError) as e:
         raise ValueError("bad --metrics %r: %s" % (desc, e))
-    svc = StreamServerEndpointService(_AnnouncingEndpoint(ep),
+    svc = StreamServerEndpointService(AnnouncingEndpoint(ep, _announce),
                                       QuietSite(MetricsResource(daemon)))
     svc._raiseSynchronously = True
     if name:
