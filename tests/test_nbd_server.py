@@ -16,7 +16,8 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from xdiskd import errors
-from xdiskd.interfaces import IBlockDevice, IBlockDeviceRegistry
+from xdiskd.interfaces import (
+    IBlockDevice, IBlockDeviceRegistry, ICallbackBlockDevice)
 from xdiskd.nbd import wire
 from xdiskd.nbd.commands import SectorLocks
 from xdiskd.nbd.server import NBDServerFactory
@@ -107,6 +108,46 @@ class MemoryDevice:
         def action():
             self.data[offset:offset + length] = bytes(length)
         return self._op("trim", offset, length, action)
+
+
+@implementer(ICallbackBlockDevice)
+class CallbackMemoryDevice(MemoryDevice):
+    """
+    A L{MemoryDevice} that also takes READ and WRITE with completion
+    callbacks, which the server uses for plain requests; C{direct} logs
+    those calls.
+    """
+
+    def __init__(self, *args, **kwargs):
+        MemoryDevice.__init__(self, *args, **kwargs)
+        self.direct = []
+
+    def startRead(self, offset, length, done):
+        self.direct.append(("read", offset, length))
+        return _Handle(self.readv(offset, length), done)
+
+    def startWrite(self, offset, data, done):
+        self.direct.append(("write", offset, len(data)))
+        return _Handle(self.write(offset, data), done)
+
+
+class _Handle:
+    """A Deferred seen through the ICallbackBlockDevice contract."""
+
+    def __init__(self, d, done):
+        self._d = d
+        self.finished = False
+
+        def fire(result):
+            self.finished = True
+            if isinstance(result, Failure):
+                done(None, result)
+            else:
+                done(result, None)
+        d.addBoth(fire)
+
+    def cancel(self):
+        self._d.cancel()
 
 
 @implementer(IBlockDeviceRegistry)
@@ -222,9 +263,11 @@ def infoExport(replies):
 
 
 class ServerTestMixin:
+    Device = MemoryDevice
+
     def connect(self, devices=None, transport=None, **kwargs):
         if devices is None:
-            devices = [MemoryDevice()]
+            devices = [self.Device()]
         self.devices = devices
         self.factory = NBDServerFactory(Registry(devices), **kwargs)
         proto = self.factory.buildProtocol(
@@ -236,7 +279,7 @@ class ServerTestMixin:
     def transmit(self, device=None, structured=False, meta=False,
                  blockSize=True, **kwargs):
         """Connect and GO to xa0; return the peer."""
-        peer = self.connect([device or MemoryDevice()], **kwargs)
+        peer = self.connect([device or self.Device()], **kwargs)
         peer.handshake()
         infos = (wire.INFO_BLOCK_SIZE,) if blockSize else ()
         replies = peer.go(infos=infos, structured=structured, meta=meta)
@@ -502,14 +545,14 @@ class HandshakeTests(ServerTestMixin, SynchronousTestCase):
 
 class TransmissionTests(ServerTestMixin, SynchronousTestCase):
     def test_simpleRead(self):
-        device = MemoryDevice()
+        device = self.Device()
         device.data[512:1024] = b"r" * 512
         peer = self.transmit(device)
         peer.request(wire.CMD_READ, 7, 512, 512)
         self.assertEqual(peer.simple(512), (0, 7, b"r" * 512))
 
     def test_structuredRead(self):
-        device = MemoryDevice()
+        device = self.Device()
         device.data[:4096] = b"s" * 4096
         peer = self.transmit(device, structured=True)
         self.assertTrue(self.flags & wire.FLAG_SEND_DF)
@@ -538,7 +581,7 @@ class TransmissionTests(ServerTestMixin, SynchronousTestCase):
 
     def test_fua(self):
         """FUA: the op, then flush, then the reply."""
-        device = MemoryDevice()
+        device = self.Device()
         device.hold = True
         peer = self.transmit(device)
         for kind in (wire.CMD_WRITE, wire.CMD_TRIM, wire.CMD_WRITE_ZEROES):
@@ -551,7 +594,7 @@ class TransmissionTests(ServerTestMixin, SynchronousTestCase):
             self.assertEqual(peer.simple(), (0, 4, b""))
 
     def test_trim(self):
-        device = MemoryDevice()
+        device = self.Device()
         device.data[:] = b"t" * MiB
         peer = self.transmit(device)
         peer.request(wire.CMD_TRIM, 5, 4096, 8192)
@@ -566,7 +609,7 @@ class TransmissionTests(ServerTestMixin, SynchronousTestCase):
         self.assertEqual(self.devices[0].log, [("trim", 512, 1024)])
 
     def test_writeZeroes(self):
-        device = MemoryDevice(size=4 * MiB)
+        device = self.Device(size=4 * MiB)
         device.data[:] = b"z" * (4 * MiB)
         peer = self.transmit(device)
         peer.request(wire.CMD_WRITE_ZEROES, 6, 0, 4096)
@@ -594,7 +637,7 @@ class TransmissionTests(ServerTestMixin, SynchronousTestCase):
         self.assertEqual(self.devices[0].log, [("trim", 0, 512)])
 
     def test_writeZeroesUnaligned(self):
-        device = MemoryDevice()
+        device = self.Device()
         device.data[:] = b"z" * MiB
         peer = self.transmit(device, blockSize=False)
         for flags in (0, wire.CMD_FLAG_NO_HOLE):
@@ -636,7 +679,7 @@ class TransmissionTests(ServerTestMixin, SynchronousTestCase):
 
     def test_metaContextForOtherExport(self):
         """Contexts set for another export do not carry over to GO."""
-        peer = self.connect([MemoryDevice("xa0"), MemoryDevice("xa1", "S1")])
+        peer = self.connect([self.Device("xa0"), self.Device("xa1", "S1")])
         peer.handshake()
         peer.option(wire.OPT_STRUCTURED_REPLY)
         peer.optionReplies()
@@ -649,7 +692,7 @@ class TransmissionTests(ServerTestMixin, SynchronousTestCase):
 
     def test_outOfOrder(self):
         """Requests run together and are answered as they complete."""
-        device = MemoryDevice()
+        device = self.Device()
         device.data[:1024] = b"a" * 512 + b"b" * 512
         device.hold = True
         peer = self.transmit(device)
@@ -662,13 +705,13 @@ class TransmissionTests(ServerTestMixin, SynchronousTestCase):
         self.assertEqual(peer.simple(512), (0, 1, b"a" * 512))
 
     def test_oversizedRead(self):
-        peer = self.transmit(MemoryDevice(size=64 * MiB))
+        peer = self.transmit(self.Device(size=64 * MiB))
         peer.request(wire.CMD_READ, 1, 0, 32 * MiB + 512)
         self.assertEqual(peer.simple(), (wire.EINVAL, 1, b""))
 
     def test_oversizedWrite(self):
         """An oversized WRITE is answered EINVAL; the next one works."""
-        peer = self.transmit(MemoryDevice(size=64 * MiB), maxPayload=4096)
+        peer = self.transmit(self.Device(size=64 * MiB), maxPayload=4096)
         peer.request(wire.CMD_WRITE, 1, 0, 8192, payload=b"x" * 8192,
                      step=1000)
         peer.request(wire.CMD_WRITE, 2, 0, 512, payload=b"y" * 512)
@@ -706,7 +749,7 @@ class TransmissionTests(ServerTestMixin, SynchronousTestCase):
         self.assertEqual(self.devices[0].log, [])
 
     def test_structuredErrorMessage(self):
-        device = MemoryDevice()
+        device = self.Device()
         device.failure = errors.MediaError("bad sector")
         peer = self.transmit(device, structured=True)
         peer.request(wire.CMD_READ, 1, 0, 512)
@@ -716,7 +759,7 @@ class TransmissionTests(ServerTestMixin, SynchronousTestCase):
         self.assertEqual(payload, b"\0\0\0\5\0\x0abad sector")
 
     def test_errorMapping(self):
-        device = MemoryDevice()
+        device = self.Device()
         peer = self.transmit(device)
         for error, errno in ((errors.MediaError(), wire.EIO),
                              (errors.NoPathError(), wire.EIO),
@@ -731,7 +774,7 @@ class TransmissionTests(ServerTestMixin, SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
 
     def test_readOnly(self):
-        peer = self.transmit(MemoryDevice(readOnly=True))
+        peer = self.transmit(self.Device(readOnly=True))
         self.assertTrue(self.flags & wire.FLAG_READ_ONLY)
         self.assertFalse(self.flags & (wire.FLAG_SEND_TRIM
                                        | wire.FLAG_SEND_WRITE_ZEROES
@@ -744,7 +787,7 @@ class TransmissionTests(ServerTestMixin, SynchronousTestCase):
         self.assertEqual(self.devices[0].log, [("read", 0, 512)])
 
     def test_unalignedRead(self):
-        device = MemoryDevice()
+        device = self.Device()
         device.data[:2048] = bytes(range(256)) * 8
         peer = self.transmit(device, blockSize=False)
         peer.request(wire.CMD_READ, 1, 100, 1000)
@@ -752,7 +795,7 @@ class TransmissionTests(ServerTestMixin, SynchronousTestCase):
         self.assertEqual(device.log, [("read", 0, 1536)])
 
     def test_unalignedWrite(self):
-        device = MemoryDevice()
+        device = self.Device()
         device.data[:] = b"o" * MiB
         peer = self.transmit(device, blockSize=False)
         peer.request(wire.CMD_WRITE, 1, 500, 1000, payload=b"n" * 1000)
@@ -763,7 +806,7 @@ class TransmissionTests(ServerTestMixin, SynchronousTestCase):
 
     def test_concurrentUnalignedWrites(self):
         """Two RMWs of one sector run one after the other; none is lost."""
-        device = MemoryDevice()
+        device = self.Device()
         device.hold = True
         peer = self.transmit(device, blockSize=False)
         peer.request(wire.CMD_WRITE, 3, 0, 512, payload=b"C" * 512)
@@ -791,7 +834,7 @@ class TransmissionTests(ServerTestMixin, SynchronousTestCase):
 
     def test_disc(self):
         """DISC: in-flight requests finish, then the connection closes."""
-        device = MemoryDevice()
+        device = self.Device()
         device.hold = True
         peer = self.transmit(device)
         peer.request(wire.CMD_READ, 1, 0, 512)
@@ -820,7 +863,7 @@ class TransmissionTests(ServerTestMixin, SynchronousTestCase):
 
     def test_truncatedRequest(self):
         """The client leaves inside a request: no reply, device closed."""
-        device = MemoryDevice()
+        device = self.Device()
         peer = self.transmit(device)
         peer.send(wire.encodeRequest(0, wire.CMD_WRITE, 1, 0, 512) + b"x")
         self.lose(peer)
@@ -829,7 +872,7 @@ class TransmissionTests(ServerTestMixin, SynchronousTestCase):
 
     def test_lostWithRequestsInFlight(self):
         """Requests in flight (and waiting for a lock) are cancelled."""
-        device = MemoryDevice()
+        device = self.Device()
         device.hold = True
         peer = self.transmit(device, blockSize=False)
         peer.request(wire.CMD_WRITE, 1, 10, 3, payload=b"AAA")
@@ -864,7 +907,7 @@ class TransmissionTests(ServerTestMixin, SynchronousTestCase):
         self.assertEqual(outputs[0], outputs[1])
 
     def test_inflightBackPressure(self):
-        device = MemoryDevice()
+        device = self.Device()
         device.hold = True
         peer = self.transmit(device, maxInflightBytes=1024)
         transport = peer.transport
@@ -896,7 +939,7 @@ class TransmissionTests(ServerTestMixin, SynchronousTestCase):
         self.assertEqual(peer.available(), 3 * (16 + 512))
 
     def test_shutdownFinishesInFlight(self):
-        device = MemoryDevice()
+        device = self.Device()
         device.hold = True
         peer = self.transmit(device)
         peer.request(wire.CMD_READ, 1, 0, 512)
@@ -909,10 +952,95 @@ class TransmissionTests(ServerTestMixin, SynchronousTestCase):
         self.successResultOf(done)
 
     def test_locksShared(self):
-        device = MemoryDevice()
+        device = self.Device()
         self.transmit(device)
         factory = self.factory
         self.assertIs(factory.locksFor(device), factory.locksFor(device))
+
+
+class DirectTransmissionTests(TransmissionTests):
+    """
+    Every transmission test again on a device that takes callbacks: plain
+    READs and WRITEs go to it without Deferreds, the rest as before.
+    """
+
+    Device = CallbackMemoryDevice
+
+    def test_verifyDevice(self):
+        verifyObject(ICallbackBlockDevice, CallbackMemoryDevice())
+
+    def test_plainGoDirect(self):
+        """Aligned READ and WRITE without flags use the callbacks."""
+        device = self.Device()
+        peer = self.transmit(device, structured=True)
+        peer.request(wire.CMD_WRITE, 1, 512, 1024, payload=b"d" * 1024)
+        self.assertEqual(peer.simple(), (0, 1, b""))
+        peer.request(wire.CMD_READ, 2, 512, 1024)
+        flags, kind, cookie, payload = peer.chunk()
+        self.assertEqual((flags, kind, cookie, payload),
+                         (wire.REPLY_FLAG_DONE, wire.REPLY_TYPE_OFFSET_DATA,
+                          2, struct.pack(">Q", 512) + b"d" * 1024))
+        self.assertEqual(device.direct, [("write", 512, 1024),
+                                         ("read", 512, 1024)])
+        self.assertEqual(peer.proto._pending, {})
+
+    def test_othersUseDeferreds(self):
+        """FUA, unaligned, empty or refused requests do not."""
+        device = self.Device()
+        peer = self.transmit(device, blockSize=False)
+        peer.request(wire.CMD_WRITE, 1, 0, 512, payload=b"x" * 512,
+                     flags=wire.CMD_FLAG_FUA)
+        peer.request(wire.CMD_WRITE, 2, 3, 5, payload=b"y" * 5)
+        peer.request(wire.CMD_READ, 3, 1, 10)
+        peer.request(wire.CMD_READ, 4, 0, 0)
+        peer.request(wire.CMD_READ, 5, MiB - 512, 1024)
+        self.assertEqual(
+            [peer.simple(n)[:2] for n in (0, 0, 10, 0, 0)],
+            [(0, 1), (0, 2), (0, 3), (0, 4), (wire.EINVAL, 5)])
+        self.assertEqual(device.direct, [])
+        self.assertEqual(device.data[:8], b"xxxyyyyy")
+
+    def test_deviceFailure(self):
+        """A callback failure is mapped as a Deferred failure is."""
+        device = self.Device()
+        device.failure = Failure(errors.MediaError("bad sector"))
+        peer = self.transmit(device)
+        peer.request(wire.CMD_READ, 1, 0, 512)
+        peer.request(wire.CMD_WRITE, 2, 0, 512, payload=b"z" * 512)
+        self.assertEqual([peer.simple()[:2] for _ in range(2)],
+                         [(wire.EIO, 1), (wire.EIO, 2)])
+        self.assertTrue(peer.proto._transmission.locks.idle())
+
+    def test_directWriteHoldsSharedLock(self):
+        """An unaligned write waits for a direct write to its sector."""
+        device = self.Device()
+        device.hold = True
+        peer = self.transmit(device, blockSize=False)
+        peer.request(wire.CMD_WRITE, 1, 0, 512, payload=b"a" * 512)
+        peer.request(wire.CMD_WRITE, 2, 10, 2, payload=b"bb")
+        # The read of the RMW waits for the lock the direct write holds.
+        self.assertEqual([h[:3] for h in device.held], [("write", 0, 512)])
+        device.release()
+        self.assertEqual([h[:3] for h in device.held], [("read", 0, 512)])
+        device.releaseAll()
+        device.releaseAll()
+        self.assertEqual(device.data[:12], b"a" * 10 + b"bb")
+        self.assertEqual(sorted(peer.simple()[1] for _ in range(2)), [1, 2])
+        self.assertTrue(peer.proto._transmission.locks.idle())
+
+    def test_directWriteAfterExclusiveWaiter(self):
+        """A write behind a waiting RMW goes the Deferred way, in turn."""
+        device = self.Device()
+        device.hold = True
+        peer = self.transmit(device, blockSize=False)
+        peer.request(wire.CMD_WRITE, 1, 0, 512, payload=b"a" * 512)
+        peer.request(wire.CMD_WRITE, 2, 10, 2, payload=b"bb")
+        peer.request(wire.CMD_WRITE, 3, 0, 512, payload=b"c" * 512)
+        self.assertEqual(device.direct, [("write", 0, 512)])
+        while device.held:
+            device.releaseAll()
+        self.assertEqual(device.data[:512], b"c" * 512)
+        self.assertTrue(peer.proto._transmission.locks.idle())
 
 
 class SectorLocksTests(SynchronousTestCase):
@@ -949,6 +1077,25 @@ class SectorLocksTests(SynchronousTestCase):
         self.failureResultOf(waiting)
         first.callback(None)
         self.assertEqual(ran, [])
+        self.assertTrue(locks.idle())
+
+    def test_tryShared(self):
+        """Granted at once unless an exclusive lock is held or waited for."""
+        locks = SectorLocks()
+        token = locks.tryShared(0, 512)
+        self.assertIsNotNone(token)
+        self.assertIsNotNone(locks.tryShared(0, 512))
+        first = Deferred()
+        ran = []
+        locks.run(0, 512, True, lambda: ran.append(1) or first)
+        self.assertEqual(ran, [])
+        self.assertIsNone(locks.tryShared(4096, 512))
+        locks.release(token)
+        self.assertEqual(ran, [])
+        locks.release(token + 1)
+        self.assertEqual(ran, [1])
+        self.assertIsNone(locks.tryShared(4096, 8192))
+        first.callback(None)
         self.assertTrue(locks.idle())
 
     def test_operationRaises(self):

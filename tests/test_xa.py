@@ -6,13 +6,16 @@ export side over in-memory links.
 
 import os
 
+from twisted.internet.defer import CancelledError
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
 from xdiskd.dmsg import constants as C
 from xdiskd.dmsg.wire import LnkSpan
-from xdiskd.errors import MediaError, NoPathError, OutOfRangeError
-from xdiskd.interfaces import IBlockDevice, IBlockDeviceRegistry
+from xdiskd.errors import (
+    MediaError, NoPathError, OutOfRangeError, ReadOnlyError)
+from xdiskd.interfaces import (
+    IBlockDevice, IBlockDeviceRegistry, ICallbackBlockDevice)
 from xdiskd.xa.importer import unitKey
 from tests.dmsgpeer import Tap
 from tests.stack import (
@@ -42,6 +45,28 @@ class Base(TestCase):
         self.wait(u.open())
         self.assertEqual(u.state, "open")
         return u
+
+    def _noOneShots(self):
+        """Every I/O of the opens so far goes through Exporter._io (the
+        one-shot answer of cached reads would bypass the hooks below)."""
+        for export in self.exp.exporter.exports.values():
+            for txn in export.opens:
+                txn.onOneShot = None
+
+    def _failChunk(self, offset, error, times=1):
+        """Make the exporter answer the I/O at C{offset} with C{error}."""
+        self._noOneShots()
+        exporter = self.exp.exporter
+        orig = exporter._io
+        left = [times]
+
+        def io(export, txn, msg, state):
+            if msg.ext.offset == offset and left[0]:
+                left[0] -= 1
+                txn.reply(error)
+                return True
+            return orig(export, txn, msg, state)
+        exporter._io = io
 
 
 class UnitCreationTests(Base):
@@ -172,28 +197,6 @@ class IOTests(Base):
         self.assertEqual(bytes(got), bytes(self.content[4096:8192]))
         self.assertEqual(calls, ["readNow", ("read", False)])
 
-    def _noOneShots(self):
-        """Every I/O of the opens so far goes through Exporter._io (the
-        one-shot answer of cached reads would bypass the hooks below)."""
-        for export in self.exp.exporter.exports.values():
-            for txn in export.opens:
-                txn.onOneShot = None
-
-    def _failChunk(self, offset, error, times=1):
-        """Make the exporter answer the I/O at C{offset} with C{error}."""
-        self._noOneShots()
-        exporter = self.exp.exporter
-        orig = exporter._io
-        left = [times]
-
-        def io(export, txn, msg, state):
-            if msg.ext.offset == offset and left[0]:
-                left[0] -= 1
-                txn.reply(error)
-                return True
-            return orig(export, txn, msg, state)
-        exporter._io = io
-
     def test_splitReadOneChunkIOError(self):
         """One chunk failing 0x22 fails the whole split read."""
         u = self.openUnit()
@@ -262,6 +265,100 @@ class IOTests(Base):
             self.wait(d)
         self.assertEqual(order[3], (C.BLK_FLUSH, 0))
         self.assertEqual(order[4][0], C.BLK_WRITE)
+
+
+class CallbackIOTests(Base):
+    """startRead/startWrite: the same I/O with a done callback."""
+
+    def start(self, method, *args):
+        results = []
+        handle = method(*args, lambda r, f: results.append((r, f)))
+        return handle, results
+
+    def test_provides(self):
+        verifyObject(ICallbackBlockDevice, self.unit())
+
+    def test_readWrite(self):
+        """A split write and read (3 chunks) complete with the data."""
+        u = self.openUnit()
+        data = os.urandom(5 << 19)
+        handle, results = self.start(u.startWrite, 4096, data)
+        self.assertFalse(handle.finished)
+        self.wire.flush()
+        self.assertTrue(handle.finished)
+        self.assertEqual(results, [(None, None)])
+        handle, results = self.start(u.startRead, 4096, len(data))
+        self.wire.flush()
+        [(parts, failure)] = results
+        self.assertIsNone(failure)
+        self.assertEqual(len(parts), 3)
+        self.assertEqual(b"".join(bytes(p) for p in parts), data)
+        self.assertEqual(readFile(self.path)[4096:4096 + len(data)], data)
+        self.assertEqual(u.requests, {})
+        self.assertEqual(u.bytesQueued, 0)
+
+    def test_refusedAtOnce(self):
+        """Refusals call done before returning, and return None."""
+        u = self.openUnit()
+        handle, results = self.start(u.startRead, SIZE - 512, 1024)
+        self.assertIsNone(handle)
+        [(r, f)] = results
+        self.assertIsNone(r)
+        f.trap(OutOfRangeError)
+        u.readOnly = True
+        handle, results = self.start(u.startWrite, 0, b"x" * 512)
+        self.assertIsNone(handle)
+        results[0][1].trap(ReadOnlyError)
+        handle, results = self.start(u.startRead, 0, 0)
+        self.assertEqual((handle, results), (None, [([], None)]))
+
+    def test_mediaError(self):
+        """One chunk failing 0x22 fails the split write, once."""
+        u = self.openUnit()
+        self._failChunk(1 << 20, C.ERR_IO)
+        handle, results = self.start(u.startWrite, 0, bytes(3 << 20))
+        self.wire.flush()
+        [(r, f)] = results
+        self.assertIsNone(r)
+        f.trap(MediaError)
+        self.assertEqual(u.stats.errors, 1)
+
+    def test_cancel(self):
+        """
+        Cancelling withdraws the chunks not on the wire and calls done
+        with CancelledError at once; a reply for a chunk that was on the
+        wire is then ignored.
+        """
+        u = self.openUnit()
+        u.maxTags = 3                 # the open holds one: 2 on the wire
+        handle, results = self.start(u.startRead, 0, 4 << 20)
+        self.assertEqual((len(u.inflight), len(u.queue)), (2, 2))
+        handle.cancel()
+        self.assertEqual(len(u.queue), 0)
+        [(r, f)] = results
+        self.assertIsNone(r)
+        f.trap(CancelledError)
+        handle.cancel()
+        self.wire.flush()
+        self.assertEqual(len(results), 1)
+        self.assertEqual((u.inflight, u.requests, u.bytesQueued),
+                         ({}, {}, 0))
+
+    def test_survivesLostLink(self):
+        """Like any I/O of an open unit, it waits for a path and is
+        re-issued: done is called once, with the data."""
+        u = self.openUnit()
+        handle, results = self.start(u.startRead, 8192, 4096)
+        self.wire.kill()
+        self.assertEqual(results, [])
+        self.assertFalse(handle.finished)
+        self.wires.append(Wire(self.exp, self.imp))
+        for w in self.wires:
+            w.flush()
+        [(parts, failure)] = results
+        self.assertIsNone(failure)
+        self.assertEqual(b"".join(bytes(p) for p in parts),
+                         bytes(self.content[8192:12288]))
 
 
 class PathTests(Base):

@@ -60,6 +60,27 @@ class IBlockDevice(Interface):
         """Discard a range; it then reads as zeros.  Fires with None."""
 
 
+class ICallbackBlockDevice(IBlockDevice):
+    """
+    A block device that also takes READ and WRITE with a completion
+    callback instead of a Deferred: the hot path of a front end, where a
+    Deferred and its callback chain are a good part of the cost.
+
+    C{done(result, failure)} is called once, with C{(parts, None)} for a
+    read (as L{IBlockDevice.readv} fires), C{(None, None)} for a write, or
+    C{(None, failure)}.  The methods return a handle with C{finished} and
+    C{cancel()}, which calls C{done} at once with a C{CancelledError}
+    failure (as cancelling a Deferred fires it); or None when the request
+    ended at once and C{done} has already been called.
+    """
+
+    def startRead(offset, length, done):
+        """Read C{length} bytes at C{offset}, as L{IBlockDevice.readv}."""
+
+    def startWrite(offset, data, done):
+        """Write C{data} at C{offset}, as L{IBlockDevice.write}."""
+
+
 class IBlockDeviceRegistry(Interface):
     """The set of block devices a front end may serve."""
 

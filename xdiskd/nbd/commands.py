@@ -15,6 +15,7 @@ from twisted.internet.defer import (CancelledError, Deferred, FirstError,
 from twisted.python.failure import Failure
 
 from xdiskd import errors
+from xdiskd.interfaces import ICallbackBlockDevice
 from xdiskd.nbd import wire
 from xdiskd.nbd.options import Export
 
@@ -49,6 +50,10 @@ def _gather(deferreds: List[Deferred]) -> Deferred:
     def unwrap(f: Failure) -> Failure:
         return f.value.subFailure if f.check(FirstError) else f
     return gatherResults(deferreds, consumeErrors=True).addErrback(unwrap)
+
+
+#: L{Transmission.start}: this request takes the Deferred way.
+NOT_DIRECT = object()
 
 
 class Refused(Exception):
@@ -99,6 +104,22 @@ class SectorLocks:
         d: Deferred = Deferred(lambda _: self._cancelWait(token))
         self._waiting.append((token, start, end, exclusive, d))
         return d.addCallback(lambda _: self._call(token, operation))
+
+    def tryShared(self, start: int, end: int) -> Optional[int]:
+        """
+        Take a shared lock on [start, end) if it can be granted at once
+        (no exclusive lock held or waited for): its token, for
+        L{release}; else None (use L{run}).
+        """
+        if self._exclusiveHeld or self._waiting:
+            return None
+        self._next += 1
+        self._held[self._next] = (start, end, False)
+        return self._next
+
+    def release(self, token: int) -> None:
+        """Release a lock L{tryShared} granted."""
+        self._release(token)
 
     def _cancelWait(self, token: int) -> None:
         self._waiting = [w for w in self._waiting if w[0] != token]
@@ -170,6 +191,8 @@ class Transmission:
         self.readOnly = bool(export.flags & wire.FLAG_READ_ONLY)
         self.structured = export.structuredReplies
         self.maxPayload = export.maxPayload
+        # READ/WRITE without Deferreds (see start) on devices that can.
+        self.direct = ICallbackBlockDevice.providedBy(self.device)
         self._handlers: Dict[int, Callable[[wire.Request], Deferred]] = {
             wire.CMD_READ: self._read,
             wire.CMD_WRITE: self._write,
@@ -201,6 +224,54 @@ class Transmission:
         except Exception:
             return succeed(self._failed(Failure(), req))
         return d.addErrback(self._failed, req)
+
+    def start(self, req: wire.Request,
+              reply: Callable[[List[Any]], None]) -> Any:
+        """
+        Execute C{req} without a Deferred if it is a plain READ or WRITE
+        (no flags, aligned, in range, not empty) and the device is an
+        L{ICallbackBlockDevice}: C{reply} is called with the reply
+        pieces, or None if the request was cancelled, as L{handle}'s
+        Deferred would fire.
+
+        @return: L{NOT_DIRECT} if C{req} must go through L{handle};
+            else the device's handle for the request (with C{cancel()}
+            and C{finished}), or None if C{reply} was called already.
+        """
+        offset, length = req.offset, req.length
+        sector = self.sector
+        if (not self.direct or req.flags or not length
+                or length > self.maxPayload or offset + length > self.size
+                or offset % sector or length % sector):
+            return NOT_DIRECT
+        kind = req.type
+        cookie = req.cookie
+        if kind == wire.CMD_READ:
+            structured = self.structured
+
+            def readDone(parts: Any, failure: Optional[Failure]) -> None:
+                if failure is not None:
+                    reply(self._failed(failure, req))  # type: ignore
+                elif structured:
+                    reply([wire.offsetDataHeader(cookie, offset, length,
+                                                 True)] + parts)
+                else:
+                    reply([wire.simpleReply(0, cookie)] + parts)
+            return self.device.startRead(offset, length, readDone)
+        if kind != wire.CMD_WRITE or self.readOnly:
+            return NOT_DIRECT
+        token = self.locks.tryShared(offset, offset + length)
+        if token is None:
+            return NOT_DIRECT
+        locks = self.locks
+
+        def writeDone(_: Any, failure: Optional[Failure]) -> None:
+            locks.release(token)  # type: ignore[arg-type]
+            if failure is not None:
+                reply(self._failed(failure, req))  # type: ignore
+            else:
+                reply([wire.simpleReply(0, cookie)])
+        return self.device.startWrite(offset, req.data, writeDone)
 
     def oversized(self, req: wire.OversizedWrite) -> List[bytes]:
         """Return the reply to a WRITE whose payload was skipped."""

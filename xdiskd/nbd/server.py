@@ -10,8 +10,6 @@ bytes, bounds the work in flight, and owns the connection's lifetime
 
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from xdiskd.tuning import (
-    Sender, beginBatch, endBatch, leanReader, tuneTransport)
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -20,9 +18,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from xdiskd.nbd import wire
-from xdiskd.nbd.commands import SectorLocks, Transmission
+from xdiskd.nbd.commands import NOT_DIRECT, SectorLocks, Transmission
 from xdiskd.nbd.options import (CLOSE, STARTTLS, TRANSMIT, Decision, Export,
                                 Negotiator)
+from xdiskd.tuning import (
+    Sender, beginBatch, endBatch, leanReader, tuneTransport)
 
 log = Logger(namespace="xdiskd.nbd.server")
 
@@ -61,7 +61,8 @@ class NBDServerProtocol(Protocol):
     transport: Any
 
     def __init__(self) -> None:
-        self._pending: Dict[int, Deferred] = {}
+        # Deferreds, or handles of direct requests (see _request).
+        self._pending: Dict[int, Any] = {}
         self._nextKey = 0
         self._inflightBytes = 0
         self._pauses = 0
@@ -131,7 +132,8 @@ class NBDServerProtocol(Protocol):
         self._cancelHandshakeTimer()
         pending, self._pending = self._pending, {}
         for d in pending.values():
-            d.cancel()
+            if d is not _STARTING:
+                d.cancel()
         if self._device is not None:
             device, self._device = self._device, None
             self.factory.releaseLocks(device)
@@ -341,10 +343,28 @@ class NBDServerProtocol(Protocol):
         if (self._inflightBytes > f.maxInflightBytes
                 or len(self._pending) >= f.maxInflightRequests):
             self._pause(_PAUSE_INFLIGHT)
-        assert self._transmission is not None
-        d = self._transmission.handle(req)
+        transmission = self._transmission
+        assert transmission is not None
+        pending = self._pending
+        if transmission.direct:
+            # Plain READ/WRITE on a callback device: no Deferred.
+            pending[key] = _STARTING
+            handle = transmission.start(
+                req, lambda pieces: self._directReplied(pieces, key, cost))
+            if handle is NOT_DIRECT:
+                del pending[key]
+            else:
+                if key in pending:
+                    pending[key] = handle
+                self._checkCongestion()
+                return
+        d = transmission.handle(req)
         if not d.called:
-            self._pending[key] = d
+            pending[key] = d
+        self._checkCongestion()
+        d.addCallback(self._replied, key, cost).addErrback(self._bug)
+
+    def _checkCongestion(self) -> None:
         device = self._device
         if (getattr(device, "congested", False)
                 and not self._pauses & _PAUSE_DEVICE):
@@ -353,7 +373,15 @@ class NBDServerProtocol(Protocol):
             self._pause(_PAUSE_DEVICE)
             device.whenUncongested().addCallback(  # type: ignore
                 lambda _: self._unpause(_PAUSE_DEVICE))
-        d.addCallback(self._replied, key, cost).addErrback(self._bug)
+
+    def _directReplied(self, pieces: Optional[List[bytes]], key: int,
+                       cost: int) -> None:
+        # Called from the device's completion: a bug here is ours, not
+        # the device's (nor the DMSG link's that delivered the reply).
+        try:
+            self._replied(pieces, key, cost)
+        except Exception:
+            self._bug(Failure())
 
     def _replied(self, pieces: Optional[List[bytes]], key: int,
                  cost: int) -> None:
@@ -421,6 +449,10 @@ class NBDServerProtocol(Protocol):
     def _bug(self, f: Failure) -> None:
         log.failure("NBD server bug", f)
         self._close()
+
+
+#: A direct request's place in C{_pending} while it is being started.
+_STARTING: Any = None
 
 
 def _peer(transport: Any) -> str:

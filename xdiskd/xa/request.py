@@ -11,12 +11,15 @@ succeeds or fails as a whole.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 
 from xdiskd.dmsg import constants as C
+
+#: A request's completion callback: C{done(result, failure)}.
+Done = Callable[[Any, Optional[Failure]], None]
 
 OP_NAMES = {C.BLK_READ: "read", C.BLK_WRITE: "write", C.BLK_FLUSH: "flush",
             C.BLK_FREEBLKS: "trim"}
@@ -73,16 +76,20 @@ class Request:
 
     __slots__ = ("unit", "cmd", "offset", "length", "probe", "deferred",
                  "chunks", "pending", "failure", "parts", "result",
-                 "started", "cancelled", "scatter", "nested")
+                 "started", "cancelled", "scatter", "nested", "done")
 
     def __init__(self, unit: Any, cmd: int, offset: int, length: int,
-                 probe: bool) -> None:
+                 probe: bool, done: Optional[Done] = None) -> None:
         self.unit = unit
         self.cmd = cmd
         self.offset = offset
         self.length = length
         self.probe = probe
-        self.deferred: Deferred = Deferred(self._cancel)
+        # Either a Deferred or, for callers that want no Deferred on the
+        # hot path, a done(result, failure) callback (reads: the parts).
+        self.done = done
+        self.deferred: Optional[Deferred] = (
+            Deferred(self._cancel) if done is None else None)
         self.chunks: List[Chunk] = []
         self.pending = 0
         self.failure: Optional[Failure] = None
@@ -90,8 +97,27 @@ class Request:
         self.result: Any = None
         self.started = 0.0
         self.cancelled = False
-        self.scatter = False    # fire with the list of parts, not joined
+        self.scatter = done is not None  # the list of parts, not joined
         self.nested = False     # parts holds lists (divided chunks)
+
+    @property
+    def finished(self) -> bool:
+        """Every chunk has completed (or was withdrawn)."""
+        return self.pending == 0
+
+    def cancel(self) -> None:
+        """
+        Give up on a request made with a C{done} callback: chunks not yet
+        on the wire are withdrawn, and C{done} is called at once with a
+        L{CancelledError} failure (as a cancelled Deferred would fire).
+        """
+        done = self.done
+        if self.cancelled or done is None or not self.pending:
+            return
+        self.cancelled = True
+        self.done = None
+        self.unit._cancel(self)
+        done(None, Failure(CancelledError()))
 
     def split(self, data: Any, maxIO: int) -> List[Chunk]:
         """Cut this request into chunks of at most C{maxIO} bytes."""
@@ -188,6 +214,17 @@ class Request:
         failure, self.failure = self.failure, None
         if self.cancelled:
             return
+        done = self.done
+        if done is not None:
+            self.done = None
+            if failure is not None:
+                done(None, failure)
+            elif self.cmd == C.BLK_READ:
+                done(parts if parts is not None else [result], None)
+            else:
+                done(None, None)
+            return
+        assert self.deferred is not None
         if failure is not None:
             self.deferred.errback(failure)
         elif self.cmd == C.BLK_READ:

@@ -48,8 +48,8 @@ from xdiskd.dmsg.wire import BlkIO, BlkOpen, Message
 from xdiskd.errors import (
     MediaError, NoPathError, NotOpenError, OutOfRangeError, ReadOnlyError,
     UnitGoneError)
-from xdiskd.interfaces import IBlockDevice
-from xdiskd.xa.request import Chunk, Request
+from xdiskd.interfaces import ICallbackBlockDevice
+from xdiskd.xa.request import Chunk, Done, Request
 from xdiskd.xa.stats import UnitStats
 
 MAXTAGS = 64
@@ -74,7 +74,7 @@ def _live(span: Transaction) -> bool:
     return span.isOpen and bool(span.link.connected)
 
 
-@implementer(IBlockDevice)
+@implementer(ICallbackBlockDevice)
 class XAUnit:
     """
     One remote disk (see the module docstring for the state machine).
@@ -387,20 +387,63 @@ class XAUnit:
             return fail(ReadOnlyError("%s is read-only" % (self.name,)))
         return self._submit(C.BLK_FREEBLKS, offset, length, None)
 
+    def startRead(self, offset: int, length: int,
+                  done: Done) -> Optional[Request]:
+        """
+        L{readv} without a Deferred: C{done(parts, None)} with the list
+        of buffers, or C{done(None, failure)}.
+
+        @return: the request (C{cancel()} withdraws it; C{done} is then
+            not called), or None when it failed at once (C{done} was
+            called).
+        """
+        return self._start(C.BLK_READ, offset, length, None, done)
+
+    def startWrite(self, offset: int, data: Any,
+                   done: Done) -> Optional[Request]:
+        """L{write} without a Deferred, as L{startRead}."""
+        if self.readOnly:
+            done(None, Failure(ReadOnlyError("%s is read-only" % (
+                self.name,))))
+            return None
+        return self._start(C.BLK_WRITE, offset, len(data), data, done)
+
+    def _start(self, cmd: int, offset: int, length: int, data: Any,
+               done: Done) -> Optional[Request]:
+        error = self._refusal(offset, length)
+        if error is not None:
+            done(None, Failure(error))
+            return None
+        if length == 0:
+            done([] if cmd == C.BLK_READ else None, None)
+            return None
+        return self._enqueue(cmd, offset, length, data, done)
+
     def _submit(self, cmd: int, offset: int, length: int,
                 data: Any, scatter: bool = False) -> Deferred:
-        if self.gone:
-            return fail(UnitGoneError("%s is gone" % (self.name,)))
-        if offset < 0 or length < 0 or offset + length > self.size:
-            return fail(OutOfRangeError(
-                "%s: %d bytes at %d outside %d-byte disk" % (
-                    self.name, length, offset, self.size)))
+        error = self._refusal(offset, length)
+        if error is not None:
+            return fail(error)
         if length == 0 and cmd != C.BLK_FLUSH:
             return succeed(None if cmd != C.BLK_READ else
                            [] if scatter else b"")
-        probe = self.opencnt == 0
-        req = Request(self, cmd, offset, length, probe)
-        req.scatter = scatter
+        req = self._enqueue(cmd, offset, length, data, None, scatter)
+        return req.deferred  # type: ignore[return-value]
+
+    def _refusal(self, offset: int, length: int) -> Optional[Exception]:
+        if self.gone:
+            return UnitGoneError("%s is gone" % (self.name,))
+        if offset < 0 or length < 0 or offset + length > self.size:
+            return OutOfRangeError(
+                "%s: %d bytes at %d outside %d-byte disk" % (
+                    self.name, length, offset, self.size))
+        return None
+
+    def _enqueue(self, cmd: int, offset: int, length: int, data: Any,
+                 done: Optional[Done], scatter: bool = False) -> Request:
+        req = Request(self, cmd, offset, length, self.opencnt == 0, done)
+        if scatter:
+            req.scatter = True
         req.started = time.perf_counter()
         maxIO = TRIM_CHUNK if cmd == C.BLK_FREEBLKS else self.maxIO
         self.requests[req] = None
@@ -412,7 +455,7 @@ class XAUnit:
             chunk.seq = self._seq
             self.queue.append(chunk)
         self._kick()
-        return req.deferred
+        return req
 
     # ---------------------------------------------------------------
     # The tag pool (xa_start / xa_release)
