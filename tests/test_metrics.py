@@ -10,7 +10,8 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from xdiskd.control.metrics import (
     CONTENT_TYPE, MetricsResource, escapeLabel, render)
-from xdiskd.xa.stats import BUCKETS
+from xdiskd.dmsg import constants as C
+from xdiskd.xa.stats import BUCKETS, UnitStats
 from tests.opsstack import FakeDaemon, oneExportStack
 from tests.stack import exporterNode, makeImage, run
 
@@ -57,6 +58,22 @@ def value(samples, name, **labels):
              if n == name and set(labels.items()) <= ls]
     assert len(found) == 1, (name, labels, found)
     return found[0]
+
+
+class UnitStatsTests(TestCase):
+    def test_latencyBuckets(self):
+        """Each latency counts in the first bucket whose bound is >= it
+        (a bound is inclusive, as Prometheus' le)."""
+        stats = UnitStats()
+        for latency in (0.0, 0.0001, 0.00010001, 0.001, 0.0011, 10.0,
+                        10.5):
+            stats.finish(C.BLK_READ, 512, False, latency)
+        expected = [0] * len(BUCKETS)
+        for i in (0, 0, 1, 3, 4, len(BUCKETS) - 2, len(BUCKETS) - 1):
+            expected[i] += 1
+        self.assertEqual(stats.buckets, expected)
+        self.assertEqual((stats.latencyCount, stats.bytes["read"]),
+                         (7, 7 * 512))
 
 
 class MetricsTests(TestCase):

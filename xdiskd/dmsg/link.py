@@ -450,8 +450,9 @@ class DMSGLink(Protocol):
         if cmd & C.DELETE:
             txn.rxDelete = True
             # §6.8: a closing parent takes its children with it.
-            for child in list(txn.children):
-                self._abort(child, C.ERR_LOSTLINK)
+            if txn.children:
+                for child in list(txn.children):
+                    self._abort(child, C.ERR_LOSTLINK)
         self._dispatch(txn, msg)
         self._maybeGone(txn)
 
@@ -522,7 +523,16 @@ class DMSGLink(Protocol):
         txn.handler = handler
         self.tx[msgid] = txn
         parent.children[txn] = None
-        self._sendOn(txn, cmd, ext, aux, 0, delete)
+        if delete:
+            # One message (e.g. an I/O): what _sendOn would send, with
+            # nothing for it to check.
+            txn.txCreate = txn.txDelete = True
+            cmd = (cmd & C.BASECMDMASK) | C.CREATE | C.DELETE
+            if parent.msgid and not parent.ours:
+                cmd |= C.REVCIRC
+            self._write(Message(cmd, msgid, parent.msgid, 0, ext, aux))
+        else:
+            self._sendOn(txn, cmd, ext, aux, 0, False)
         return txn
 
     def _sendOn(self, txn: Transaction, cmd: int,

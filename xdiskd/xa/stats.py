@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import Any, Dict
 
 from xdiskd.dmsg import constants as C
@@ -47,10 +48,8 @@ class UnitStats:
             self.bytes[kind] += length
         self.latencySum += latency
         self.latencyCount += 1
-        for i, bound in enumerate(BUCKETS):
-            if latency <= bound:
-                self.buckets[i] += 1
-                break
+        # The first bound >= latency.
+        self.buckets[bisect_left(BUCKETS, latency)] += 1
 
     def asDict(self) -> Dict[str, Any]:
         return dict(ops=dict(self.ops), bytes=dict(self.bytes),
