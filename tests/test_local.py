@@ -17,7 +17,8 @@ from xdiskd.export.local import LocalDevice, LocalDevices, Registries
 from xdiskd.export.server import Exporter
 from xdiskd.export.spec import ExportSpec
 from xdiskd.export.store import makeStorePool, openStore
-from xdiskd.interfaces import IBlockDevice, IBlockDeviceRegistry
+from xdiskd.interfaces import (
+    IBlockDevice, IBlockDeviceRegistry, ICallbackBlockDevice)
 from tests.daemons import Daemon, nbdURI, requireTools, run, waitNBD
 
 MiB = 1 << 20
@@ -132,6 +133,77 @@ class LocalDeviceTests(TestCase):
         self.failureResultOf(dev.read(0, 512), UnitGoneError)
         self.failureResultOf(dev.open(), UnitGoneError)
         self.assertIsNone(self.registry.lookup("serno/L"))
+
+
+    # -- callbacks (ICallbackBlockDevice) ----------------------------------
+
+    def started(self, method, *args):
+        """Start a callback I/O; return its handle and a Deferred firing
+        with (result, failure) from the callback."""
+        fired = defer.Deferred()
+        handle = method(*args, lambda r, f: fired.callback((r, f)))
+        return handle, fired
+
+    def test_callbackInterface(self):
+        verifyObject(ICallbackBlockDevice, self.dev)
+
+    def test_startReadCachedAtOnce(self):
+        """A page-cache hit calls back before startRead returns."""
+        handle, fired = self.started(self.dev.startRead, 4096, 8192)
+        self.assertIsNone(handle)
+        parts, failure = self.successResultOf(fired)
+        self.assertIsNone(failure)
+        self.assertEqual(b"".join(bytes(p) for p in parts),
+                         bytes(self.content[4096:12288]))
+
+    @defer.inlineCallbacks
+    def test_startReadMissGoesToPool(self):
+        """A miss asks the page cache once, then the pool; the handle is
+        counted in flight until it calls back."""
+        asked = coldCache(self)
+        export = self.exporter.exports["serno/L"]
+        handle, fired = self.started(self.dev.startRead, 512, 1000)
+        self.assertFalse(handle.finished)
+        self.assertEqual((export.inflight, len(asked)), (1, 1))
+        parts, failure = yield fired
+        self.assertTrue(handle.finished)
+        self.assertIsNone(failure)
+        self.assertEqual(b"".join(bytes(p) for p in parts),
+                         bytes(self.content[512:1512]))
+        self.assertEqual((export.inflight, len(asked)), (0, 1))
+
+    @defer.inlineCallbacks
+    def test_startWrite(self):
+        data = os.urandom(MiB + 512)
+        handle, fired = self.started(self.dev.startWrite, 512, data)
+        result, failure = yield fired
+        self.assertEqual((result, failure), (None, None))
+        got = yield self.dev.read(512, len(data))
+        self.assertEqual(bytes(got), data)
+
+    def test_startRefused(self):
+        """Refusals call back at once with the failure."""
+        self.add("serno/RO", readOnly=True)
+        ro = self.registry.lookup("serno/RO")
+        for method, args, error in (
+                (self.dev.startRead, (4 * MiB - 10, 20), OutOfRangeError),
+                (self.dev.startWrite, (-1, b"x"), OutOfRangeError),
+                (ro.startWrite, (0, b"x" * 512), ReadOnlyError)):
+            handle, fired = self.started(method, *args)
+            self.assertIsNone(handle)
+            result, failure = self.successResultOf(fired)
+            self.assertIsNone(result)
+            failure.trap(error)
+        handle, fired = self.started(self.dev.startRead, 0, 0)
+        self.assertEqual(self.successResultOf(fired), ([], None))
+
+    def test_startCancel(self):
+        """Cancelling a pool read calls back with CancelledError."""
+        coldCache(self)
+        handle, fired = self.started(self.dev.startRead, 0, 4096)
+        handle.cancel()
+        result, failure = self.successResultOf(fired)
+        failure.trap(defer.CancelledError)
 
 
 class RegistriesTests(SynchronousTestCase):

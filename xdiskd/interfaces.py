@@ -7,7 +7,14 @@ The zope interfaces that join xdiskd's layers.
   - L{IBackingStore}: what an export (export side) reads and writes.
 """
 
+from typing import Any, Callable, Optional
+
+from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface
+
+#: The completion callback of L{ICallbackBlockDevice}: C{done(result,
+#: failure)}.
+Done = Callable[[Any, Optional[Failure]], None]
 
 
 class IBlockDevice(Interface):

@@ -19,16 +19,18 @@ from __future__ import annotations
 from typing import Any, List, Optional
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from xdiskd.errors import (
     NotOpenError, OutOfRangeError, ReadOnlyError, UnitGoneError)
-from xdiskd.interfaces import IBlockDevice, IBlockDeviceRegistry
+from xdiskd.interfaces import (
+    Done, IBlockDeviceRegistry, ICallbackBlockDevice)
 
 TRIM_MAX = 1 << 30          # one discard call at most (as DMSG's u32)
 
 
-@implementer(IBlockDevice)
+@implementer(ICallbackBlockDevice)
 class LocalDevice:
     """One export of this node, served from its store directly."""
 
@@ -109,6 +111,29 @@ class LocalDevice:
         d = self._track(d)
         return d.addCallback(_one) if parts else d
 
+    def startRead(self, offset: int, length: int,
+                  done: Done) -> Optional["_Pending"]:
+        """L{readv} with a callback: a page-cache hit calls C{done}
+        before returning, with no Deferred at all."""
+        refused = self._check(offset, length)
+        if refused is None and length and self._readNow is not None:
+            buf = self._readNow(offset, length)
+            if buf is not None:
+                self.export.ops += 1
+                done([buf], None)
+                return None
+            d = self._track(self.store.read(offset, length, nowait=False))
+            d.addCallback(_one)
+        else:
+            d = refused if refused is not None else self.readv(offset,
+                                                               length)
+        return _Pending.of(d, done)
+
+    def startWrite(self, offset: int, data: Any,
+                   done: Done) -> Optional["_Pending"]:
+        """L{write} with a callback."""
+        return _Pending.of(self.write(offset, data), done)
+
     def write(self, offset: int, data: Any) -> Deferred:
         refused = self._check(offset, len(data), True)
         if refused is not None:
@@ -139,6 +164,33 @@ class LocalDevice:
 
 def _one(buf: Any) -> List[Any]:
     return [buf]
+
+
+class _Pending:
+    """A store's Deferred as an L{ICallbackBlockDevice} handle."""
+
+    __slots__ = ("_d", "finished")
+
+    def __init__(self, d: Deferred, done: Done) -> None:
+        self._d = d
+        self.finished = False
+        d.addBoth(self._fire, done)
+
+    @classmethod
+    def of(cls, d: Deferred, done: Done) -> Optional["_Pending"]:
+        """A handle for C{d}, or None if it had fired (C{done} called)."""
+        pending = cls(d, done)
+        return None if pending.finished else pending
+
+    def _fire(self, result: Any, done: Done) -> None:
+        self.finished = True
+        if isinstance(result, Failure):
+            done(None, result)
+        else:
+            done(result, None)
+
+    def cancel(self) -> None:
+        self._d.cancel()
 
 
 @implementer(IBlockDeviceRegistry)

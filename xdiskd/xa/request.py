@@ -11,15 +11,13 @@ succeeds or fails as a whole.
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional
+from typing import Any, List, Optional
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 
 from xdiskd.dmsg import constants as C
-
-#: A request's completion callback: C{done(result, failure)}.
-Done = Callable[[Any, Optional[Failure]], None]
+from xdiskd.interfaces import Done
 
 OP_NAMES = {C.BLK_READ: "read", C.BLK_WRITE: "write", C.BLK_FLUSH: "flush",
             C.BLK_FREEBLKS: "trim"}

@@ -48,8 +48,8 @@ from xdiskd.dmsg.wire import BlkIO, BlkOpen, Message
 from xdiskd.errors import (
     MediaError, NoPathError, NotOpenError, OutOfRangeError, ReadOnlyError,
     UnitGoneError)
-from xdiskd.interfaces import ICallbackBlockDevice
-from xdiskd.xa.request import Chunk, Done, Request
+from xdiskd.interfaces import Done, ICallbackBlockDevice
+from xdiskd.xa.request import Chunk, Request
 from xdiskd.xa.stats import UnitStats
 
 MAXTAGS = 64
