@@ -7,6 +7,7 @@ import os
 import socket
 import sys
 import tempfile
+import time
 
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import Factory, Protocol
@@ -207,6 +208,134 @@ class LeanPollTests(SynchronousTestCase):
     def test_otherReactorsLeftAlone(self):
         from twisted.internet.testing import MemoryReactor
         self.assertFalse(tuning.leanPoll(MemoryReactor()))
+
+
+class SpinWindowTests(SynchronousTestCase):
+    def test_adapts(self):
+        """Grows (from START, doubling) while I/O ends waits within the
+        maximum; halves on a longer wait or a timer; 0 below START."""
+        w = tuning.SpinWindow(100e-6)
+        start = tuning.SpinWindow.START
+        self.assertEqual(w.window, 0.0)
+        w.blocked(50e-6, True)
+        self.assertEqual(w.window, start)
+        for _ in range(2):
+            w.blocked(50e-6, True)
+        self.assertEqual(w.window, 4 * start)
+        for _ in range(5):
+            w.blocked(90e-6, True)
+        self.assertEqual(w.window, 100e-6)
+        w.blocked(5e-3, True)           # an idle gap: too long to poll
+        self.assertEqual(w.window, 50e-6)
+        w.blocked(1e-3, False)          # a timer, no I/O
+        self.assertEqual(w.window, 25e-6)
+        w.blocked(1.0, False)
+        w.blocked(1.0, False)
+        self.assertEqual(w.window, 0.0)
+        w.blocked(1.0, False)
+        self.assertEqual(w.window, 0.0)
+
+    def test_off(self):
+        w = tuning.SpinWindow(0.0)
+        w.blocked(1e-6, True)
+        self.assertEqual(w.window, 0.0)
+
+
+class PollOptionTests(SynchronousTestCase):
+    def parse(self, *args):
+        from xdiskd.options import Options
+        o = Options()
+        o.parseOptions(["--no-control", "--state-dir", "/tmp"] + list(args))
+        return o
+
+    def test_range(self):
+        from twisted.python.usage import UsageError
+        self.assertEqual(self.parse()["poll-us"], 100)
+        self.assertEqual(self.parse("--poll-us", "0")["poll-us"], 0)
+        for bad in ("-1", "10001"):
+            self.assertRaises(UsageError, self.parse, "--poll-us", bad)
+
+
+class SpinPollTests(SynchronousTestCase):
+    """leanPoll with a spin window: poll(0) until an event or the window
+    ends, then block for the rest of the timeout."""
+
+    def setUp(self):
+        from twisted.internet.epollreactor import EPollReactor
+        self.reactor = EPollReactor()
+        real = self.reactor._poller
+        self.addCleanup(real.close)
+        self.calls = []
+        calls = self.calls
+
+        class Poller:
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+            def poll(self, timeout, maxevents):
+                calls.append(timeout)
+                return real.poll(timeout, maxevents)
+        self.reactor._poller = Poller()
+
+    def spinning(self, spinMax, window):
+        self.assertTrue(tuning.leanPoll(self.reactor, spinMax))
+        self.reactor.spinWindow.window = window
+        return self.reactor.spinWindow
+
+    def reader(self, seen):
+        from twisted.internet.abstract import FileDescriptor
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+
+        class Reader(FileDescriptor):
+            def fileno(self):
+                return a.fileno()
+
+            def doRead(self):
+                seen.append(a.recv(10))
+        self.reactor.addReader(Reader(self.reactor))
+        return b
+
+    def test_offBlocksAtOnce(self):
+        self.assertTrue(tuning.leanPoll(self.reactor))
+        self.reactor.doIteration(0.01)
+        self.assertEqual(self.calls, [0.01])
+
+    def test_spinsThenBlocks(self):
+        """No event: poll(0) for the window, then block for the rest of
+        the timeout; the window (a timer woke it) halves."""
+        spin = self.spinning(0.004, 0.004)
+        self.reactor.doIteration(0.05)
+        self.assertGreater(len(self.calls), 2)
+        self.assertEqual(set(self.calls[:-1]), {0})
+        self.assertTrue(0 < self.calls[-1] <= 0.05 - 0.004,
+                        self.calls[-1])
+        self.assertEqual(spin.window, 0.002)
+
+    def test_eventWhileSpinning(self):
+        """An event found by a poll(0) is handled; no blocking poll, and
+        the window is kept."""
+        seen = []
+        self.reader(seen).send(b"x")
+        spin = self.spinning(0.004, 0.004)
+        self.reactor.doIteration(1)
+        self.assertEqual((seen, self.calls), ([b"x"], [0]))
+        self.assertEqual(spin.window, 0.004)
+
+    def test_noSpinWithoutWait(self):
+        """Timeout 0 (work is due at once): one poll(0), nothing learnt."""
+        spin = self.spinning(0.004, 0.004)
+        self.reactor.doIteration(0)
+        self.assertEqual(self.calls, [0])
+        self.assertEqual(spin.window, 0.004)
+
+    def test_spinBoundedByTimeout(self):
+        """A timer due before the window ends bounds the spin."""
+        self.spinning(1.0, 1.0)
+        before = time.monotonic()
+        self.reactor.doIteration(0.01)
+        self.assertLess(time.monotonic() - before, 0.5)
 
 
 class Source(Protocol):

@@ -82,6 +82,11 @@ class Options(usage.Options):
          "cache in the reactor thread while it has room for them (dirty "
          "pages under the kernel's background limit); 0: always "
          "on the I/O threads.", int],
+        ["poll-us", None, 100,
+         "Busy-poll for I/O up to this many microseconds before sleeping, "
+         "adapting to how soon events come (0: always sleep at once).  "
+         "Cuts latency at low queue depth; an idle daemon does not spin.",
+         int],
         ["socket-mode", None, "600",
          "Octal mode of UNIX listening sockets without an explicit mode=."],
         ["hostname", None, None, "Host name used in labels."],
@@ -171,6 +176,8 @@ class Options(usage.Options):
             raise usage.UsageError("--max-io must be 512..1048576")
         if not 0 <= self["inline-write-max"] <= 1048576:
             raise usage.UsageError("--inline-write-max must be 0..1048576")
+        if not 0 <= self["poll-us"] <= 10000:
+            raise usage.UsageError("--poll-us must be 0..10000")
         if self["linger"] < 0:
             raise usage.UsageError("--linger must be >= 0")
         try:

@@ -90,7 +90,7 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
         raise usage.UsageError("cannot create image: %s" % (e,))
 
     tuneMalloc()
-    leanPoll(reactor)
+    leanPoll(reactor, options["poll-us"] / 1e6)
     pool = StorePoolService(options["store-threads"])
     exporter = None
     if options["exports"]:
