@@ -1011,6 +1011,18 @@ class DirectTransmissionTests(TransmissionTests):
                          [(wire.EIO, 1), (wire.EIO, 2)])
         self.assertTrue(peer.proto._transmission.locks.idle())
 
+    def test_shortDirectRead(self):
+        """A device answering a direct read with the wrong length gets
+        EIO (and a logged error), not a corrupt reply stream."""
+        device = self.Device()
+        device.readv = lambda offset, length: succeed([b"x" * 100])
+        peer = self.transmit(device)
+        peer.request(wire.CMD_READ, 1, 0, 512)
+        self.assertEqual(peer.simple(), (wire.EIO, 1, b""))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        peer.request(wire.CMD_WRITE, 2, 0, 512, payload=b"w" * 512)
+        self.assertEqual(peer.simple(), (0, 2, b""))
+
     def test_directWriteHoldsSharedLock(self):
         """An unaligned write waits for a direct write to its sector."""
         device = self.Device()

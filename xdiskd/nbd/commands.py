@@ -250,6 +250,14 @@ class Transmission:
             structured = self.structured
 
             def readDone(parts: Any, failure: Optional[Failure]) -> None:
+                if failure is None:
+                    n = 0
+                    for p in parts:
+                        n += len(p)
+                    if n != length:
+                        # Sent as is, it would desynchronise the stream.
+                        failure = Failure(RuntimeError(
+                            "device read %d bytes, %d asked" % (n, length)))
                 if failure is not None:
                     reply(self._failed(failure, req))  # type: ignore
                 elif structured:
