@@ -20,6 +20,14 @@ TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 TOOLS = ("nbdinfo", "nbdcopy", "qemu-img", "qemu-io", "nbdsh")
 
 
+def parseOptions(*args):
+    """The daemon's options from C{args} (no control socket, /tmp)."""
+    from xdiskd.options import Options
+    o = Options()
+    o.parseOptions(["--no-control", "--state-dir", "/tmp"] + list(args))
+    return o
+
+
 def requireTools(*names):
     missing = [n for n in names or TOOLS if shutil.which(n) is None]
     if missing:

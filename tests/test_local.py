@@ -19,7 +19,8 @@ from xdiskd.export.spec import ExportSpec
 from xdiskd.export.store import makeStorePool, openStore
 from xdiskd.interfaces import (
     IBlockDevice, IBlockDeviceRegistry, ICallbackBlockDevice)
-from tests.daemons import Daemon, nbdURI, requireTools, run, waitNBD
+from tests.daemons import (
+    Daemon, nbdURI, parseOptions, requireTools, run, waitNBD)
 
 MiB = 1 << 20
 
@@ -267,10 +268,7 @@ class NBDLocalTests(SynchronousTestCase):
 
 class OptionsTests(SynchronousTestCase):
     def parse(self, *args):
-        from xdiskd.options import Options
-        o = Options()
-        o.parseOptions(["--no-control", "--state-dir", "/tmp"] + list(args))
-        return o
+        return parseOptions(*args)
 
     def test_needsAnExport(self):
         from twisted.python.usage import UsageError

@@ -823,6 +823,7 @@ class TransmissionTests(ServerTestMixin, SynchronousTestCase):
         self.assertEqual(replies, [(0, 1, b""), (0, 2, b""), (0, 3, b"")])
         self.assertEqual(device.data[:30], b"C" * 10 + b"AAA" + b"C" * 7
                          + b"BBB" + b"C" * 7)
+        self.assertTrue(peer.proto._transmission.locks.idle())
 
     def test_unalignedWithBlockSize(self):
         peer = self.transmit()
@@ -1022,23 +1023,6 @@ class DirectTransmissionTests(TransmissionTests):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         peer.request(wire.CMD_WRITE, 2, 0, 512, payload=b"w" * 512)
         self.assertEqual(peer.simple(), (0, 2, b""))
-
-    def test_directWriteHoldsSharedLock(self):
-        """An unaligned write waits for a direct write to its sector."""
-        device = self.Device()
-        device.hold = True
-        peer = self.transmit(device, blockSize=False)
-        peer.request(wire.CMD_WRITE, 1, 0, 512, payload=b"a" * 512)
-        peer.request(wire.CMD_WRITE, 2, 10, 2, payload=b"bb")
-        # The read of the RMW waits for the lock the direct write holds.
-        self.assertEqual([h[:3] for h in device.held], [("write", 0, 512)])
-        device.release()
-        self.assertEqual([h[:3] for h in device.held], [("read", 0, 512)])
-        device.releaseAll()
-        device.releaseAll()
-        self.assertEqual(device.data[:12], b"a" * 10 + b"bb")
-        self.assertEqual(sorted(peer.simple()[1] for _ in range(2)), [1, 2])
-        self.assertTrue(peer.proto._transmission.locks.idle())
 
     def test_directWriteAfterExclusiveWaiter(self):
         """A write behind a waiting RMW goes the Deferred way, in turn."""

@@ -16,6 +16,7 @@ from twisted.test.proto_helpers import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from xdiskd import tuning
+from tests.daemons import parseOptions
 
 
 class Sink(Protocol):
@@ -242,18 +243,12 @@ class SpinWindowTests(SynchronousTestCase):
 
 
 class PollOptionTests(SynchronousTestCase):
-    def parse(self, *args):
-        from xdiskd.options import Options
-        o = Options()
-        o.parseOptions(["--no-control", "--state-dir", "/tmp"] + list(args))
-        return o
-
     def test_range(self):
         from twisted.python.usage import UsageError
-        self.assertEqual(self.parse()["poll-us"], 100)
-        self.assertEqual(self.parse("--poll-us", "0")["poll-us"], 0)
+        self.assertEqual(parseOptions()["poll-us"], 100)
+        self.assertEqual(parseOptions("--poll-us", "0")["poll-us"], 0)
         for bad in ("-1", "10001"):
-            self.assertRaises(UsageError, self.parse, "--poll-us", bad)
+            self.assertRaises(UsageError, parseOptions, "--poll-us", bad)
 
 
 class SpinPollTests(SynchronousTestCase):
