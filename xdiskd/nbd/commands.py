@@ -247,24 +247,16 @@ class Transmission:
         kind = req.type
         cookie = req.cookie
         if kind == wire.CMD_READ:
-            structured = self.structured
-
             def readDone(parts: Any, failure: Optional[Failure]) -> None:
                 if failure is None:
-                    n = 0
-                    for p in parts:
-                        n += len(p)
-                    if n != length:
-                        # Sent as is, it would desynchronise the stream.
-                        failure = Failure(RuntimeError(
-                            "device read %d bytes, %d asked" % (n, length)))
+                    try:
+                        # Checks the length, as on the Deferred path.
+                        pieces = self._readvReply(parts, req)
+                    except RuntimeError:
+                        failure = Failure()
                 if failure is not None:
-                    reply(self._failed(failure, req))  # type: ignore
-                elif structured:
-                    reply([wire.offsetDataHeader(cookie, offset, length,
-                                                 True)] + parts)
-                else:
-                    reply([wire.simpleReply(0, cookie)] + parts)
+                    pieces = self._failed(failure, req)  # type: ignore
+                reply(pieces)
             return self.device.startRead(offset, length, readDone)
         if kind != wire.CMD_WRITE or self.readOnly:
             return NOT_DIRECT

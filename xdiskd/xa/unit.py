@@ -393,9 +393,9 @@ class XAUnit:
         L{readv} without a Deferred: C{done(parts, None)} with the list
         of buffers, or C{done(None, failure)}.
 
-        @return: the request (C{cancel()} withdraws it; C{done} is then
-            not called), or None when it failed at once (C{done} was
-            called).
+        @return: the request (C{cancel()} withdraws what is not yet on
+            the wire and calls C{done} with C{CancelledError}), or None
+            when it ended at once (C{done} was called).
         """
         return self._start(C.BLK_READ, offset, length, None, done)
 
