@@ -250,6 +250,16 @@ class PollOptionTests(SynchronousTestCase):
         for bad in ("-1", "10001"):
             self.assertRaises(UsageError, parseOptions, "--poll-us", bad)
 
+    def test_daemonPolls(self):
+        """The daemon's epoll reactor gets the --poll-us window."""
+        from twisted.internet.epollreactor import EPollReactor
+        from xdiskd.service import makeService
+        for value, seconds in (("250", 250e-6), ("0", 0.0)):
+            r = EPollReactor()
+            self.addCleanup(r._poller.close)
+            makeService(parseOptions("--no-nbd", "--poll-us", value), r)
+            self.assertEqual(r.spinWindow.maximum, seconds)
+
 
 class SpinPollTests(SynchronousTestCase):
     """leanPoll with a spin window: poll(0) until an event or the window
