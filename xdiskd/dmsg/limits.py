@@ -113,9 +113,12 @@ def parseLinkLimits(specs: Iterable[str],
 class Watchdog:
     """
     The timers of one link: the C{handshake} deadline and the C{stall}
-    check, which runs every C{stall} seconds and closes the link when,
-    since the previous check, an incomplete message made no progress
-    while we were reading, or the peer left our replies unread throughout.
+    check.  The check samples every C{stall/10} seconds, and closes the
+    link once, for C{stall} seconds, an incomplete message made no
+    progress while we were reading, or the peer left our replies unread
+    throughout.  A condition is timed from the first sample that saw it,
+    so the link is closed between C{stall} and C{stall + stall/10}
+    seconds after it began.
 
     @param link: a L{xdiskd.dmsg.link.DMSGLink}.
     @param clock: an C{IReactorTime}.
@@ -125,16 +128,19 @@ class Watchdog:
         self.link = link
         self.clock = clock
         self.limits = limits
+        self._tick = limits.stall / 10.0
         self._handshakeCall: Any = None
         self._stallCall: Any = None
+        # (progress token, first seen at) for each condition.
         self._partial: Optional[int] = None
-        self._writeBlocked: Optional[int] = None
+        self._partialSince = 0.0
+        self._blocked: Optional[int] = None
+        self._blockedSince = 0.0
 
     def start(self) -> None:
         self._handshakeCall = self.clock.callLater(
             self.limits.handshake, self._handshakeDue)
-        self._stallCall = self.clock.callLater(self.limits.stall,
-                                               self._stallDue)
+        self._stallCall = self.clock.callLater(self._tick, self._stallDue)
 
     def stop(self) -> None:
         for call in (self._handshakeCall, self._stallCall):
@@ -155,20 +161,27 @@ class Watchdog:
         self._stallCall = None
         link = self.link
         decoder = link.decoder
+        now = self.clock.seconds()
+        stall = self.limits.stall
         # Reading paused by us (I/O in flight) is not the peer's fault.
+        # Progress is a message completed: bytes that trickle in and never
+        # finish one are no progress.
         partial = (decoder.sequence if decoder.buffered
                    and not link.readingPaused else None)
-        if partial is not None and partial == self._partial:
-            link.limitExceeded("stall", self.limits.stall,
+        if partial is None or partial != self._partial:
+            self._partialSince = now
+        elif now - self._partialSince >= stall:
+            link.limitExceeded("stall", stall,
                                "%d bytes of an incomplete message, no "
                                "progress" % (decoder.buffered,))
             return
         blocked = link.writeResumes if link.writeBlocked else None
-        if blocked is not None and blocked == self._writeBlocked:
-            link.limitExceeded("stall", self.limits.stall,
+        if blocked is None or blocked != self._blocked:
+            self._blockedSince = now
+        elif now - self._blockedSince >= stall:
+            link.limitExceeded("stall", stall,
                                "the peer reads none of our messages")
             return
         self._partial = partial
-        self._writeBlocked = blocked
-        self._stallCall = self.clock.callLater(self.limits.stall,
-                                               self._stallDue)
+        self._blocked = blocked
+        self._stallCall = self.clock.callLater(self._tick, self._stallDue)
