@@ -50,10 +50,15 @@ def nbdURI(sock, name="xa0"):
 class Daemon:
     """One C{twistd -n xdiskd} process."""
 
-    def __init__(self, case, name, args):
+    def __init__(self, case, name, args, prefix=()):
+        """
+        @param prefix: a command to run the daemon under, e.g. C{ip netns
+            exec NS} (L{tests.netbed.NetBed.prefix}).
+        """
         self.case = case
         self.name = name
         self.args = list(args)
+        self.prefix = list(prefix)
         # Short paths: AF_UNIX socket paths are limited to 107 bytes.
         self.dir = tempfile.mkdtemp(prefix="xdiskd-", dir="/tmp")
         case.addCleanup(shutil.rmtree, self.dir, True)
@@ -65,7 +70,7 @@ class Daemon:
         env = dict(os.environ)
         env["PYTHONPATH"] = REPO + (
             ":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        cmd = [TWISTD, "-n",
+        cmd = self.prefix + [TWISTD, "-n",
                "--pidfile=", "--logfile=" + self.log, "xdiskd",
                "--state-dir", self.dir] + self.args
         self.proc = subprocess.Popen(cmd, cwd=self.dir, env=env,

@@ -23,8 +23,9 @@ class RawPeer:
     @ivar sent: everything the link under test wrote, decoded.
     """
 
-    def __init__(self, receiver, limits=None, clock=None, name="raw"):
-        kw = {}
+    def __init__(self, receiver, limits=None, clock=None, name="raw",
+                 linkTimeout=0.0):
+        kw = {"linkTimeout": linkTimeout}
         if limits is not None:
             kw["limits"] = limits
         self.transport = StringTransport(lenient=True)

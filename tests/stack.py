@@ -44,10 +44,15 @@ def importerNode(clock=None, **kw):
 class Wire:
     """One in-memory connection between two nodes."""
 
-    def __init__(self, serverNode, clientNode):
+    def __init__(self, serverNode, clientNode, clock=None, linkTimeout=0.0):
+        """
+        @param clock: with C{linkTimeout}, both links run their liveness
+            check (L{xdiskd.dmsg.liveness}) on this clock.
+        """
+        kw = dict(clock=clock, linkTimeout=linkTimeout) if clock else {}
         self.client, self.server, self.pump = connectedServerAndClient(
-            lambda: DMSGLink(serverNode, "srv"),
-            lambda: DMSGLink(clientNode, "cli"))
+            lambda: DMSGLink(serverNode, "srv", **kw),
+            lambda: DMSGLink(clientNode, "cli", **kw))
         self.pump.flush()
 
     def flush(self):

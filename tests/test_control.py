@@ -75,7 +75,7 @@ class ListStatTests(APITestsBase):
                           link["ready"]), ("out", "mem:a", True))
         self.assertEqual(reply["connectors"], [dict(
             endpoint="mem:a", up=True, link=link["id"], connections=1,
-            reconnects=0)])
+            reconnects=0, failures=0, attempts=0, lastError="")])
         self.assertEqual(reply["exports"], [])
         self.assertNotIn("stats", u)
 

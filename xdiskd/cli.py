@@ -78,6 +78,20 @@ def absSpec(spec: str) -> str:
 # -------------------------------------------------------------------
 # list
 
+def unitState(u: Dict[str, Any]) -> str:
+    """
+    A unit's state as C{xdisk list} and C{xdisk stat} show it: with how
+    long it has been without a path, and C{failing} once its I/O fails
+    fast (C{--stall-timeout}).
+    """
+    state = u["state"]
+    if u.get("failingFast"):
+        state = "failing"
+    if u.get("stalledFor", 0) >= 1:
+        state += "(%ds)" % (u["stalledFor"],)
+    return state
+
+
 def showList(reply: Dict[str, Any], out: TextIO) -> None:
     units = reply.get("units", [])
     if units:
@@ -85,7 +99,7 @@ def showList(reply: Dict[str, Any], out: TextIO) -> None:
                                   "QUEUED", "INFLIGHT", "PATHS"]]
         for u in units:
             rows.append([u["name"], u["serial"], humanSize(u["size"]),
-                         u["state"] + (",ro" if u.get("readOnly") else ""),
+                         unitState(u) + (",ro" if u.get("readOnly") else ""),
                          u["opencnt"], u["queued"], u["inflight"],
                          ",".join(p + ("*" if p == u.get("openVia") else "")
                                   for p in u["paths"]) or "-"])
@@ -116,11 +130,13 @@ def showList(reply: Dict[str, Any], out: TextIO) -> None:
     connectors = reply.get("connectors", [])
     if connectors:
         out.write("\n")
-        rows = [["CONNECT", "UP", "LINK", "RECONNECTS"]]
+        rows = [["CONNECT", "UP", "LINK", "RECONNECTS", "FAILED",
+                 "LAST-ERROR"]]
         for c in connectors:
             rows.append([c["endpoint"], "yes" if c["up"] else "no",
                          c["link"] if c["link"] is not None else "-",
-                         c["reconnects"]])
+                         c["reconnects"], c.get("failures", 0),
+                         c.get("lastError") or "-"])
         table(rows, out)
 
 
@@ -155,7 +171,7 @@ def statRows(before: Dict[str, Any], after: Dict[str, Any]) -> List[List[Any]]:
                      "%.2f" % (nbytes["write"] / dt / MiB),
                      "%.2f" % (lat,), u["inflight"], u["queued"],
                      s["errors"] - p["errors"], s["retries"] - p["retries"],
-                     u["state"], len(u["paths"])])
+                     unitState(u), len(u["paths"])])
     return rows
 
 

@@ -92,6 +92,23 @@ def tlsServerName(desc: str) -> str:
                      "tls:name=HOST:%s" % (desc, inner))
 
 
+def withConnectTimeout(desc: str, seconds: float) -> str:
+    """
+    C{desc} (a client endpoint, C{tls:} or not) with a TCP connect timeout
+    of C{seconds} where it is a C{tcp:} endpoint that states none:
+    Twisted's default of 30 s would leave a redial to a black-holed peer
+    hanging that long after the network returns.
+    """
+    prefix, inner = "", desc
+    if isTLS(desc):
+        name, inner = splitTLS(desc)
+        prefix = desc[:len(desc) - len(inner)]
+    kind, _, named = _args(inner)
+    if kind not in ("tcp", "tcp6") or "timeout" in named or seconds <= 0:
+        return desc
+    return "%s%s:timeout=%d" % (prefix, inner, max(1, int(seconds + 0.999)))
+
+
 @implementer(IStreamServerEndpoint)
 class TLSServerEndpoint:
     """Listens on C{wrapped} and runs TLS on every connection."""

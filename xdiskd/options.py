@@ -71,6 +71,16 @@ class Options(usage.Options):
         ["linger", None, 60.0,
          "Seconds an unused unit with no paths lingers before teardown.",
          float],
+        ["link-timeout", None, 5.0,
+         "Seconds of silence after which a DMSG link that owes us a reply "
+         "(I/O, or a PING it would answer) is dead and closed; links are "
+         "probed with LNK_PING every third of it, and TCP keepalive and "
+         "TCP_USER_TIMEOUT are set to match (0: off).", float],
+        ["stall-timeout", None, 0.0,
+         "Seconds a unit may be without a usable path before its queued "
+         "and new I/O fail with EIO (until a path returns); 0: queue "
+         "forever, as the seed and dm-multipath's queue_if_no_path do.",
+         float],
         ["max-io", None, 1048576,
          "Largest DMSG I/O the importer sends (512..1048576).  Each path "
          "gets at most what its exporter states in its span (xdiskd: "
@@ -180,6 +190,12 @@ class Options(usage.Options):
             raise usage.UsageError("--poll-us must be 0..10000")
         if self["linger"] < 0:
             raise usage.UsageError("--linger must be >= 0")
+        if self["link-timeout"] != 0 and not (
+                0.5 <= self["link-timeout"] <= 3600):
+            raise usage.UsageError("--link-timeout must be 0 (off) or "
+                                   "0.5..3600 seconds")
+        if not 0 <= self["stall-timeout"] <= 86400 * 365:
+            raise usage.UsageError("--stall-timeout must be >= 0 seconds")
         try:
             int(self["socket-mode"], 8)
         except ValueError:

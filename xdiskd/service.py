@@ -20,7 +20,8 @@ from xdiskd.connectors import Connectors
 from xdiskd.control.services import addOperationServices
 from xdiskd.dmsg.link import DMSGFactory
 from xdiskd.endpoints import (
-    AnnouncingEndpoint, clientEndpoint, listenerNotice, serverEndpoint)
+    AnnouncingEndpoint, clientEndpoint, listenerNotice, serverEndpoint,
+    withConnectTimeout)
 from xdiskd.export.server import Exporter
 from xdiskd.export.store import StoreError, StorePoolService, openStore
 from xdiskd.node import Node
@@ -107,7 +108,8 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
     if not options["no-import"]:
         importer = Importer(reactor, linger=options["linger"],
                             maxIO=options["max-io"],
-                            readOnly=options["readonly-unit"])
+                            readOnly=options["readonly-unit"],
+                            stallTimeout=options["stall-timeout"])
     relay = Relay() if options["relay"] else None
     node = Node(exporter, importer, options["hostname"], relay)
     top = XDiskService(node)
@@ -121,6 +123,7 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
 
     tls = options["tls"]
     limits = options["link-limits"]
+    linkTimeout = options["link-timeout"]
     for desc in options["listen"]:
         desc = serverEndpointString(desc, options["socket-mode"])
         try:
@@ -130,18 +133,21 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
         svc = StreamServerEndpointService(
             AnnouncingEndpoint(ep, _notice("DMSG", desc, tls)), DMSGFactory(
                 node, "in", limits=limits, clock=reactor,
+                linkTimeout=linkTimeout,
                 peerCheck=tls.peerPolicy() if desc.startswith("tls:")
                 else None))
         svc._raiseSynchronously = True
         svc.setServiceParent(top)
     def connectEndpoint(desc: str) -> Any:
         """A --connect (or xdisk attach) endpoint."""
-        return clientEndpoint(reactor, desc, tls)
+        return clientEndpoint(
+            reactor, withConnectTimeout(desc, 2 * linkTimeout), tls)
 
     top.connectors = Connectors(top, connectEndpoint,
                                 lambda desc: DMSGFactory(
-                                    node, desc, limits=limits, clock=reactor),
-                                clock=reactor)
+                                    node, desc, limits=limits, clock=reactor,
+                                    linkTimeout=linkTimeout),
+                                clock=reactor, holdDown=2 * linkTimeout)
     for desc in options["connect"]:
         try:
             top.connectors.add(desc)

@@ -55,7 +55,10 @@ def _linkInfo(link: Any, connectors: Any) -> Dict[str, Any]:
                 endpoint=connector.endpoint if connector else None,
                 peer=getattr(peer, "peer_label", None),
                 messagesIn=link.messagesIn, messagesOut=link.messagesOut,
-                bytesIn=link.bytesIn)
+                bytesIn=link.bytesIn,
+                liveness=(link.liveness.snapshot()
+                          if getattr(link, "liveness", None) else None),
+                heldUntil=getattr(link, "heldUntil", 0.0))
 
 
 def linkInflight(importer: Any) -> Dict[Any, int]:

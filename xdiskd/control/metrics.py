@@ -132,6 +132,15 @@ def _units(r: Registry, importer: Any) -> None:
                   stats["stalls"])
         r.gauge("xdiskd_unit_max_stall_seconds",
                 "Longest stall so far.", base, stats["maxStall"])
+        r.gauge("xdiskd_unit_without_path_seconds",
+                "Seconds the unit has been open without a usable path "
+                "(0 while it has one).", base, snap["stalledFor"])
+        r.gauge("xdiskd_unit_failing_fast",
+                "1 while the unit's I/O fails with EIO (no path for "
+                "--stall-timeout).", base, 1 if snap["failingFast"] else 0)
+        r.counter("xdiskd_unit_fail_fast_total",
+                  "Times the stall timeout expired.", base,
+                  stats["failFasts"])
         r.gauge("xdiskd_unit_inflight",
                 "I/O transactions on the wire.", base, snap["inflight"])
         r.gauge("xdiskd_unit_queued",
@@ -169,6 +178,15 @@ def _links(r: Registry, node: Any, connectors: Any) -> None:
         r.gauge("xdiskd_link_inflight",
                 "Import-side I/O transactions in flight on the link.",
                 base, inflight.get(link, 0))
+        live = getattr(link, "liveness", None)
+        if live is not None:
+            r.gauge("xdiskd_link_silence_seconds",
+                    "Seconds since bytes last arrived (liveness sample).",
+                    base, live.silence())
+            rtt = live.rtt
+            if rtt is not None:
+                r.gauge("xdiskd_link_ping_rtt_seconds",
+                        "Least recent LNK_PING round trip.", base, rtt)
         io = link.io
         for side, ops, nbytes, errors in (
                 ("import", io.importOps, io.importBytes, io.importErrors),
@@ -198,6 +216,9 @@ def _links(r: Registry, node: Any, connectors: Any) -> None:
         r.counter("xdiskd_connect_reconnects_total",
                   "Connections made after the first one.", base,
                   c.reconnects)
+        r.counter("xdiskd_connect_failures_total",
+                  "Connection attempts to the endpoint that failed.", base,
+                  c.failures)
 
 
 def _exports(r: Registry, exporter: Any) -> None:

@@ -38,6 +38,7 @@ from zope.interface import implementer
 
 from xdiskd.dmsg import constants as C
 from xdiskd.dmsg.limits import DEFAULT_LIMITS, LinkLimits, Watchdog
+from xdiskd.dmsg.liveness import Liveness, isPingAnswer, tuneKeepalive
 from xdiskd.tuning import (
     Sender, beginBatch, endBatch, leanReader, tuneTransport)
 from xdiskd.dmsg.wire import (
@@ -80,7 +81,7 @@ class DMSGLink(Protocol):
     def __init__(self, receiver: Any, name: str = "",
                  verifyCRC: bool = True, verifySalt: bool = True,
                  limits: LinkLimits = DEFAULT_LIMITS,
-                 clock: Any = None) -> None:
+                 clock: Any = None, linkTimeout: float = 0.0) -> None:
         self.receiver = receiver
         self.id = next(_linkIds)
         self.name = name or "link%d" % (self.id,)
@@ -112,6 +113,14 @@ class DMSGLink(Protocol):
         self._closing = False
         self._watchdog = (Watchdog(self, clock, limits)
                           if clock is not None else None)
+        self.liveness = (Liveness(self, clock, linkTimeout)
+                         if clock is not None and linkTimeout > 0 else None)
+        #: Why this link was declared dead (None: it was not).
+        self.deadReason: Optional[str] = None
+        #: Why the connection ended, as Twisted said (None: it has not).
+        self.lostReason: Optional[str] = None
+        self.connectedAt: Optional[float] = None
+        self._clock = clock
 
     def __repr__(self) -> str:
         return "<DMSGLink %s>" % (self.name,)
@@ -142,6 +151,10 @@ class DMSGLink(Protocol):
         self.log.info("{link}: connected, LNK_CONN sent", link=self.name)
         if self._watchdog is not None:
             self._watchdog.start()
+        if self.liveness is not None:
+            self.connectedAt = self._clock.seconds()
+            tuneKeepalive(self.transport, self.liveness.timeout)
+            self.liveness.start()
         self.receiver.linkMade(self)
 
     def connectionLost(self, reason: Failure = Failure(
@@ -152,13 +165,16 @@ class DMSGLink(Protocol):
         self.ready = False
         if self._watchdog is not None:
             self._watchdog.stop()
+        if self.liveness is not None:
+            self.liveness.stop()
         self._backlog.clear()
         self._backlogBytes = 0
         # §7.4: nothing is sent; fail everything locally, deepest first.
         for child in list(self.root.children):
             self._abort(child, C.ERR_LOSTLINK)
+        self.lostReason = reason.getErrorMessage()
         self.log.info("{link}: disconnected ({why})", link=self.name,
-                      why=reason.getErrorMessage())
+                      why=self.lostReason)
         self.receiver.linkLost(self, reason)
         waiters, self._lostWaiters = self._lostWaiters, []
         for d in waiters:
@@ -177,6 +193,32 @@ class DMSGLink(Protocol):
         if self.transport is not None and self.connected:
             self.log.info("{link}: closing: {why}", link=self.name, why=why)
             self._abortTransport()
+
+    def declareDead(self, silence: float, owed: str) -> None:
+        """
+        Close the link: nothing arrived for C{silence} seconds while
+        C{owed} (see L{xdiskd.dmsg.liveness}).  To the layers above this
+        is a lost connection, as any other.
+        """
+        if self.transport is None or not self.connected:
+            return
+        waiting = self.waitingCount()
+        self.deadReason = "nothing received for %.1f s (%s)" % (silence,
+                                                                 owed)
+        self.log.warn("{link}: dead: nothing received for {silence} s with "
+                      "{waiting} transactions waiting on the peer ({owed}); "
+                      "closing", link=self.name,
+                      silence="%.1f" % (silence,), waiting=waiting,
+                      owed=owed)
+        self._abortTransport()
+
+    def waitingCount(self) -> int:
+        """Transactions of ours waiting on the peer (as awaitingReplies)."""
+        return sum(1 for txn in self.tx.values() if _waitsOnPeer(txn))
+
+    def sendPing(self) -> None:
+        """A one-way LNK_PING (liveness probe)."""
+        self._write(Message(C.LNK_PING))
 
     def limitExceeded(self, name: str, value: Any, detail: str) -> None:
         """Close the link because the peer went over limit C{name}."""
@@ -225,14 +267,13 @@ class DMSGLink(Protocol):
         """The transport's send buffer is full (the peer is not reading)."""
         return self._writeFull
 
-    def _awaitingReplies(self) -> bool:
+    def awaitingReplies(self) -> bool:
         """
         Some transaction of ours (an open, an I/O, a forwarded one) still
         waits for the peer.  Our own LNK_CONN and spans wait for nothing.
         """
         for txn in self.tx.values():
-            if not txn.rxDelete and txn.icmd != C.LNK_CONN and (
-                    txn.icmd != C.LNK_SPAN):
+            if _waitsOnPeer(txn):
                 return True
         return False
 
@@ -256,7 +297,7 @@ class DMSGLink(Protocol):
         # that both wait on each other would otherwise both stop reading
         # with full send buffers, and deadlock.  What we send is bounded
         # by our own tags and limits.
-        if not self._awaitingReplies():
+        if not self.awaitingReplies():
             self.pauseReading("write")
 
     def resumeProducing(self) -> None:
@@ -468,6 +509,8 @@ class DMSGLink(Protocol):
         base = msg.cmd & C.CMDSWMASK
         if base == C.LNK_PING:
             self._write(Message(C.LNK_PING | C.REPLY))
+        elif self.liveness is not None and isPingAnswer(msg.cmd):
+            self.liveness.pingAnswered()
 
     def _topLevel(self, txn: Transaction, msg: Message) -> Any:
         if txn.icmd == C.LNK_CONN:
@@ -643,6 +686,11 @@ class DMSGLink(Protocol):
                 d.callback(txn)
 
 
+def _waitsOnPeer(txn: Transaction) -> bool:
+    return not txn.rxDelete and txn.icmd != C.LNK_CONN and (
+        txn.icmd != C.LNK_SPAN)
+
+
 def _wireSize(msg: Message) -> int:
     """Bytes C{msg} took on the wire (without aux padding)."""
     aux = msg.aux
@@ -685,9 +733,10 @@ class DMSGFactory(Factory):
     def __init__(self, receiver: Any, name: str = "",
                  verifyCRC: bool = True, verifySalt: bool = True,
                  limits: LinkLimits = DEFAULT_LIMITS, clock: Any = None,
-                 peerCheck: Optional[Callable[[Any], Optional[str]]] = None
-                 ) -> None:
+                 peerCheck: Optional[Callable[[Any], Optional[str]]] = None,
+                 linkTimeout: float = 0.0) -> None:
         self.receiver = receiver
+        self.linkTimeout = linkTimeout
         self.name = name
         self.verifyCRC = verifyCRC
         self.verifySalt = verifySalt
@@ -698,7 +747,7 @@ class DMSGFactory(Factory):
     def buildProtocol(self, addr: Any) -> DMSGLink:
         link = DMSGLink(self.receiver, verifyCRC=self.verifyCRC,
                         verifySalt=self.verifySalt, limits=self.limits,
-                        clock=self.clock)
+                        clock=self.clock, linkTimeout=self.linkTimeout)
         link.peerCheck = self.peerCheck
         if self.name:
             link.name = "link%d(%s)" % (link.id, self.name)

@@ -44,7 +44,7 @@ class Importer:
 
     def __init__(self, reactor: Any, linger: float = DEFAULT_LINGER,
                  maxIO: int = DEFAULT_MAX_IO, maxTags: int = MAXTAGS,
-                 readOnly: Any = ()) -> None:
+                 readOnly: Any = (), stallTimeout: float = 0.0) -> None:
         if not 512 <= maxIO <= C.AUX_MAX:
             raise ValueError("max I/O size %d not in 512..%d" % (
                 maxIO, C.AUX_MAX))
@@ -53,6 +53,7 @@ class Importer:
         self.maxIO = maxIO
         self.maxTags = maxTags
         self.readOnly = set(readOnly)
+        self.stallTimeout = stallTimeout
         self.units: Dict[str, XAUnit] = {}
         self._lingers: Dict[XAUnit, Any] = {}
         self._spanUnits: Dict[Transaction, XAUnit] = {}
@@ -118,7 +119,8 @@ class Importer:
         blksize = ext.media_blksize or 1
         unit = XAUnit(self, number, key, unitKey(ext.peer_label),
                       ext.media_bytes, blksize, self.maxIO, self.maxTags,
-                      readOnly=key in self.readOnly)
+                      readOnly=key in self.readOnly,
+                      stallTimeout=self.stallTimeout)
         if unit.name in self.readOnly:
             unit.readOnly = True
         self.units[key] = unit

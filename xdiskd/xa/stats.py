@@ -30,6 +30,7 @@ class UnitStats:
         self.failovers = 0
         self.stalls = 0
         self.maxStall = 0.0
+        self.failFasts = 0
         self.started = 0
         self.latencySum = 0.0
         self.latencyCount = 0
@@ -55,7 +56,8 @@ class UnitStats:
         return dict(ops=dict(self.ops), bytes=dict(self.bytes),
                     errors=self.errors, retries=self.retries,
                     failovers=self.failovers, stalls=self.stalls,
-                    maxStall=self.maxStall, started=self.started,
+                    maxStall=self.maxStall, failFasts=self.failFasts,
+                    started=self.started,
                     latencySum=self.latencySum,
                     latencyCount=self.latencyCount,
                     buckets=list(self.buckets))

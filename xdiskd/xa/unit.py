@@ -14,8 +14,16 @@ Open life cycle (C{state}), each transition in one place below:
                                                on another live span, or when
                                                a span appears)
   STALLED  --span available--------> OPENING
+  STALLED  --stallTimeout s--------> STALLED, failing fast (queued and new
+                                     I/O fail with EIO until an open works)
   OPEN     --last close()----------> CLOSING  (return sent, wait for DELETE)
   CLOSING  --server's DELETE-------> CLOSED
+
+Paths: an open goes to the best live span (L{pathRank}): spans on links
+in hold-down (redialled after a failure, not yet proven) or far slower
+than another live path come last, then arrival order.  A link that dies
+silently is closed by its liveness check (dmsg/liveness.py), which to the
+unit is a lost open like any other.
 
 I/O size: a READ/WRITE is cut into chunks of at most C{maxIO} bytes, the
 smallest limit among the unit's paths (each span states its exporter's:
@@ -69,9 +77,43 @@ CLOSING = "closing"
 _OPEN_RETRY = 1.0                 # seconds between failed re-open attempts
 
 
+#: A path is "far slower" when its PING round trip exceeds both this
+#: many times the best path's and the best path's plus L{SLOW_MARGIN}.
+SLOW_FACTOR = 8.0
+SLOW_MARGIN = 0.025
+
+
 def _live(span: Transaction) -> bool:
     """A span we may stack on: open both ways, link up."""
     return span.isOpen and bool(span.link.connected)
+
+
+def _rtt(span: Transaction) -> Optional[float]:
+    live = getattr(span.link, "liveness", None)
+    return None if live is None else live.rtt
+
+
+def pathRank(spans: List[Transaction], now: float) -> List[Transaction]:
+    """
+    The live spans of C{spans}, best first: those on a link neither in
+    hold-down (C{link.heldUntil} in the future) nor far slower than the
+    fastest live path (PING round trips, L{SLOW_FACTOR}), then the
+    others; arrival order within each.
+    """
+    live = [s for s in spans if _live(s)]
+    if len(live) < 2:
+        return live
+    rtts = [r for r in (_rtt(s) for s in live) if r is not None]
+    best = min(rtts) if rtts else None
+
+    def demoted(span: Transaction) -> bool:
+        if getattr(span.link, "heldUntil", 0.0) > now:
+            return True
+        r = _rtt(span)
+        return (best is not None and r is not None
+                and r > best * SLOW_FACTOR and r > best + SLOW_MARGIN)
+    good = [s for s in live if not demoted(s)]
+    return good + [s for s in live if demoted(s)]
 
 
 @implementer(ICallbackBlockDevice)
@@ -88,7 +130,7 @@ class XAUnit:
     def __init__(self, importer: Any, number: int, serial: str,
                  peerLabel: str, size: int, sectorSize: int,
                  maxIO: int = DEFAULT_MAX_IO, maxTags: int = MAXTAGS,
-                 readOnly: bool = False) -> None:
+                 readOnly: bool = False, stallTimeout: float = 0.0) -> None:
         self.importer = importer
         self.reactor = importer.reactor
         self.number = number
@@ -123,6 +165,11 @@ class XAUnit:
         self.congestionBytes = CONGESTION_BYTES
         self._uncongestedWaiters: List[Deferred] = []
         self._stalledSince: Optional[float] = None
+        #: Seconds without a usable path before I/O fails fast (0: never).
+        self.stallTimeout = stallTimeout
+        self._stallCall: Any = None
+        #: The stall outlasted stallTimeout: I/O fails with EIO now.
+        self.failingFast = False
 
     def __repr__(self) -> str:
         return "<XAUnit %s serial=%r %s opencnt=%d spans=%d q=%d f=%d>" % (
@@ -178,10 +225,9 @@ class XAUnit:
             self._startOpen()
 
     def _firstLiveSpan(self) -> Optional[Transaction]:
-        for span in self.spans:
-            if _live(span):
-                return span
-        return None
+        """The best live span (L{pathRank}), or None."""
+        ranked = pathRank(self.spans, self.reactor.seconds())
+        return ranked[0] if ranked else None
 
     # ---------------------------------------------------------------
     # Open / close
@@ -347,12 +393,45 @@ class XAUnit:
         if self._stalledSince is None:
             self._stalledSince = self.reactor.seconds()
             self.stats.stalls += 1
+            if self.stallTimeout > 0:
+                self._stallCall = self.reactor.callLater(
+                    self.stallTimeout, self._stallExpired)
 
     def _stalledEnd(self) -> None:
+        if self._stallCall is not None and self._stallCall.active():
+            self._stallCall.cancel()
+        self._stallCall = None
         if self._stalledSince is not None:
             stalled = self.reactor.seconds() - self._stalledSince
             self.stats.maxStall = max(self.stats.maxStall, stalled)
             self._stalledSince = None
+            if self.failingFast:
+                self.failingFast = False
+                self.log.info("{unit}: usable again after {s} s without a "
+                              "path; I/O no longer fails",
+                              unit=self.name, s="%.1f" % (stalled,))
+
+    @property
+    def stalledFor(self) -> float:
+        """Seconds the unit has been without a usable path (0: it has one)."""
+        if self._stalledSince is None:
+            return 0.0
+        return self.reactor.seconds() - self._stalledSince
+
+    def _stallExpired(self) -> None:
+        """--stall-timeout: fail what waits, and what comes, with EIO."""
+        self._stallCall = None
+        if self.state not in (STALLED, OPENING) or self._stalledSince is None:
+            return
+        self.failingFast = True
+        self.stats.failFasts += 1
+        self.log.warn("{unit} ({serial}): no usable path for {s} s "
+                      "(--stall-timeout); failing {n} queued and all new "
+                      "I/O with EIO until a path returns", unit=self.name,
+                      serial=self.serial, s="%.1f" % (self.stalledFor,),
+                      n=len(self.queue))
+        self._failQueued(NoPathError("%s (%s): no usable path for %.0f s" % (
+            self.name, self.serial, self.stallTimeout)))
 
     def _fireOpen(self, error: Optional[Exception]) -> None:
         waiters, self._openWaiters = self._openWaiters, []
@@ -433,6 +512,9 @@ class XAUnit:
     def _refusal(self, offset: int, length: int) -> Optional[Exception]:
         if self.gone:
             return UnitGoneError("%s is gone" % (self.name,))
+        if self.failingFast:
+            return NoPathError("%s (%s): no usable path for %.0f s" % (
+                self.name, self.serial, self.stalledFor))
         if offset < 0 or length < 0 or offset + length > self.size:
             return OutOfRangeError(
                 "%s: %d bytes at %d outside %d-byte disk" % (
@@ -632,6 +714,9 @@ class XAUnit:
         """Remove the unit: fail anything left (there should be nothing)."""
         self.gone = True
         self._cancelRetry()
+        if self._stallCall is not None and self._stallCall.active():
+            self._stallCall.cancel()
+        self._stallCall = None
         self._failQueued(UnitGoneError("%s removed" % (self.name,)))
 
     def snapshot(self) -> Dict[str, Any]:
@@ -642,6 +727,8 @@ class XAUnit:
                     spans=len(self.spans), queued=len(self.queue),
                     inflight=len(self.inflight),
                     readOnly=self.readOnly, maxIO=self.maxIO,
+                    failingFast=self.failingFast,
+                    stalledFor=round(self.stalledFor, 3),
                     stats=self.stats.asDict())
 
 
