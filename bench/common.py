@@ -54,11 +54,12 @@ class Proc:
         return 0
 
 
-def xdiskd(name, args, workdir):
+def xdiskd(name, args, workdir, prefix=()):
+    """A daemon; C{prefix} runs it under e.g. C{ip netns exec NS}."""
     env = dict(os.environ, PYTHONPATH=REPO)
     state = os.path.join(workdir, name + ".state")
     os.makedirs(state, exist_ok=True)
-    cmd = [TWISTD, "-n", "--pidfile=", "--logfile=" + os.path.join(
+    cmd = list(prefix) + [TWISTD, "-n", "--pidfile=", "--logfile=" + os.path.join(
         workdir, name + ".twistd.log"), "xdiskd", "--state-dir",
         state] + args
     return Proc(name, cmd, env, workdir)

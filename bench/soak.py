@@ -9,6 +9,9 @@ Scenarios (each runs --seconds):
   paths    two exporters serve the same disk (two paths); one at a time is
            killed and restored every --period seconds
   multi    8 clients x 4 units concurrently, exporter killed every period
+  blackhole two hosts (network namespaces) and two TCP paths; every
+           period the path in use is black-holed (iptables DROP) for
+           --outage seconds: silent failure, failover by link liveness
 
 Pass: zero NBD errors at every client, every block verifies (after each
 write and again at the end), importer memory bounded.  Prints the counts:
@@ -16,6 +19,8 @@ kills, failovers, re-queued requests, max stall, max client latency.
 
     .venv/bin/python bench/soak.py [--seconds 300] [--period 3]
         [--scenarios kill,paths,multi]
+    .venv/bin/python bench/soak.py --scenarios blackhole --period 4 \
+        --outage 8    (root; --outage above --link-timeout to see deaths)
 """
 
 import argparse
@@ -156,6 +161,98 @@ def run(name, a, d):
     return summary
 
 
+class _Cleanups:
+    """What L{tests.netbed.NetBed} needs of a test case, outside trial."""
+
+    def __init__(self):
+        self.calls = []
+
+    def addCleanup(self, f, *args):
+        self.calls.append((f, args))
+
+    def run(self):
+        while self.calls:
+            f, args = self.calls.pop()
+            f(*args)
+
+
+def runBlackhole(a, d):
+    """
+    Silent path failures (issue 15): an exporter and an importer on two
+    hosts (network namespaces) joined by two TCP paths; every --period
+    seconds the path in use is black-holed (iptables DROP both ways) for
+    --outage seconds, alternating, while soak clients write and verify.
+    """
+    from tests.netbed import NetBed
+    cleanups = _Cleanups()
+    try:
+        net = NetBed(cleanups, 2)
+    except Exception as e:            # SkipTest: no namespaces here
+        return {"scenario": "blackhole", "ok": True, "skipped": str(e)}
+    try:
+        img = os.path.join(d, "blackhole.img")
+        with open(img, "wb") as f:
+            f.truncate(256 * MiB)
+        exp = xdiskd("blackhole-exp", net.listenArgs() + [
+            "--no-import", "--export", "soak0=" + img], d,
+            net.prefix(net.exporterNS))
+        time.sleep(1.0)
+        nbd = os.path.join(d, "blackhole-nbd.sock")
+        imp = xdiskd("blackhole-imp", net.connectArgs() + [
+            "--nbd", "unix:" + nbd], d, net.prefix(net.importerNS))
+        uri = "nbd+unix:///soak0?socket=%s" % (nbd,)
+        waitFor(["nbdinfo", "--size", uri], 30)
+        time.sleep(1.0)
+        clients = startClients([(uri, c * 32 * MiB) for c in range(2)],
+                               a.seconds, 32 * MiB)
+        log = os.path.join(d, "blackhole-imp.twistd.log")
+        cuts = 0
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < a.seconds - a.outage - 2:
+            time.sleep(a.period)
+            with open(log, errors="replace") as f:
+                opens = re.findall(r"xa0: open via (\S+)", f.read())
+            net.blackhole(net.pathOf(opens[-1]) if opens else 1)
+            cuts += 1
+            time.sleep(a.outage)
+            net.restore()
+        results = collect(clients, a.seconds + 120)
+        rss = imp.rssPeakKiB()
+        stats = {}
+        sock = os.path.join(d, "blackhole-imp.state", "control.sock")
+        if os.path.exists(sock):
+            stats = controlStat(sock)
+        imp.stop()
+        exp.stop()
+        with open(log, errors="replace") as f:
+            text = f.read()
+        deaths = re.findall(r"dead: nothing received for ([0-9.]+) s", text)
+        errors = sum(len(r["errors"]) for r in results)
+        verify = sum(r["verifyFailures"] for r in results)
+        summary = {
+            "scenario": "blackhole", "seconds": a.seconds,
+            "outage": a.outage, "cuts": cuts,
+            "linksDeclaredDead": len(deaths),
+            "longestSilenceAtDeath": max(map(float, deaths or ["0"])),
+            "failovers": len(re.findall(r"open via .* lost", text)),
+            "writes": sum(r["writes"] for r in results),
+            "finalVerified": sum(r.get("finalVerified", 0)
+                                 for r in results),
+            "nbdErrors": errors, "verifyFailures": verify,
+            "maxStall": stats.get("maxStall"),
+            "maxClientLatency": max(r.get("maxLatency", 0)
+                                    for r in results),
+            "importerPeakRSSMiB": round(rss / 1024),
+            "tracebacks": text.count("Traceback"),
+            "firstErrors": [e for r in results for e in r["errors"]][:5],
+        }
+        summary["ok"] = (errors == 0 and verify == 0 and cuts > 0
+                         and summary["tracebacks"] == 0)
+        return summary
+    finally:
+        cleanups.run()
+
+
 def controlStat(sock):
     import socket as s
     c = s.socket(s.AF_UNIX)
@@ -189,7 +286,8 @@ def main():
     ok = True
     try:
         for name in a.scenarios.split(","):
-            summary = run(name, a, d)
+            summary = (runBlackhole(a, d) if name == "blackhole"
+                       else run(name, a, d))
             print(json.dumps(summary))
             ok = ok and summary["ok"]
     finally:

@@ -158,6 +158,68 @@ class PathChoiceTests(Base):
         self.assertIs(u.openTxn.link, self.a)
 
 
+class FixedRTT:
+    """A link's liveness as far as path choice looks: a round trip."""
+
+    def __init__(self, rtt):
+        self.rtt = rtt
+
+    def pingAnswered(self):
+        pass
+
+
+class MoveTests(Base):
+    def setUp(self):
+        self.content = os.urandom(SIZE)
+        self.path = makeImage(self, fill=self.content)
+        self.exp = exporterNode(self, [("serno/A", self.path, False)])
+        self.imp, self.clock = importerNode(pathCheck=2.0)
+        # Links without liveness timers, with round trips set by the test.
+        self.wires = [Wire(self.exp, self.imp), Wire(self.exp, self.imp)]
+        self.a, self.b = (w.client for w in self.wires)
+        self.a.liveness = FixedRTT(None)
+        self.b.liveness = FixedRTT(None)
+
+    def test_openMovesOffAPathThatBecameSlow(self):
+        """
+        The path in use becomes far slower than the other: the open
+        moves, after the I/O on the wire finished and a FLUSH on the old
+        open; requests that came meanwhile complete on the new path.
+        """
+        u = self.openUnit()
+        self.assertIs(u.openTxn.link, self.a)
+        inflight = [u.read(i * 4096, 4096) for i in range(4)]
+        self.a.liveness.rtt = 0.200
+        self.b.liveness.rtt = 0.0005
+        flushes = u.stats.ops["flush"]
+        self.clock.advance(2.0)
+        self.assertTrue(u._moving)
+        later = u.write(0, b"\x5a" * 4096)
+        for w in self.wires:
+            w.flush()
+        for i, d in enumerate(inflight):
+            self.assertEqual(bytes(self.successResultOf(d)),
+                             self.content[i * 4096:(i + 1) * 4096])
+        self.successResultOf(later)
+        self.assertIs(u.openTxn.link, self.b)
+        self.assertEqual(u.state, "open")
+        self.assertEqual(u.stats.moves, 1)
+        self.assertEqual(u.stats.ops["flush"], flushes + 1)
+        self.assertEqual(u.stats.errors, 0)
+        self.assertEqual(u.stats.failovers, 0)
+        # The old open was closed: the exporter holds one open.
+        [export] = self.exp.exporter.exports.values()
+        self.assertEqual(len(export.opens), 1)
+
+    def test_noMoveWithoutAMuchBetterPath(self):
+        u = self.openUnit()
+        self.a.liveness.rtt = 0.002
+        self.b.liveness.rtt = 0.001
+        self.clock.advance(10.0)
+        self.assertIs(u.openTxn.link, self.a)
+        self.assertEqual(u.stats.moves, 0)
+
+
 class StallTimeoutTests(Base):
     stallTimeout = 10.0
 

@@ -109,7 +109,8 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
         importer = Importer(reactor, linger=options["linger"],
                             maxIO=options["max-io"],
                             readOnly=options["readonly-unit"],
-                            stallTimeout=options["stall-timeout"])
+                            stallTimeout=options["stall-timeout"],
+                            pathCheck=2.0 if options["link-timeout"] else 0)
     relay = Relay() if options["relay"] else None
     node = Node(exporter, importer, options["hostname"], relay)
     top = XDiskService(node)

@@ -44,7 +44,8 @@ class Importer:
 
     def __init__(self, reactor: Any, linger: float = DEFAULT_LINGER,
                  maxIO: int = DEFAULT_MAX_IO, maxTags: int = MAXTAGS,
-                 readOnly: Any = (), stallTimeout: float = 0.0) -> None:
+                 readOnly: Any = (), stallTimeout: float = 0.0,
+                 pathCheck: float = 0.0) -> None:
         if not 512 <= maxIO <= C.AUX_MAX:
             raise ValueError("max I/O size %d not in 512..%d" % (
                 maxIO, C.AUX_MAX))
@@ -54,6 +55,10 @@ class Importer:
         self.maxTags = maxTags
         self.readOnly = set(readOnly)
         self.stallTimeout = stallTimeout
+        #: Seconds between asking open units whether a better path exists
+        #: (L{XAUnit.reconsiderPath}); 0: never.
+        self.pathCheck = pathCheck
+        self._pathCall: Any = None
         self.units: Dict[str, XAUnit] = {}
         self._lingers: Dict[XAUnit, Any] = {}
         self._spanUnits: Dict[Transaction, XAUnit] = {}
@@ -94,6 +99,9 @@ class Importer:
                           size=ext.media_bytes, have=unit.size)
         self._spanUnits[txn] = unit
         self._touch(unit)
+        if self.pathCheck > 0 and self._pathCall is None:
+            self._pathCall = self.reactor.callLater(self.pathCheck,
+                                                    self._checkPaths)
         # §8.3: DragonFly takes READ/WRITEs of up to 128 KiB and states
         # no limit; an xdiskd exporter states its own (see LnkSpan).
         unit.spanAdded(txn, ext.media_maxio or C.DRAGONFLY_MAX_IO)
@@ -131,6 +139,16 @@ class Importer:
             w("add", unit)
         return unit
 
+    def _checkPaths(self) -> None:
+        """Every C{pathCheck} seconds while units exist: better paths?"""
+        self._pathCall = None
+        for unit in list(self.units.values()):
+            if len(unit.spans) > 1:
+                unit.reconsiderPath()
+        if self.units:
+            self._pathCall = self.reactor.callLater(self.pathCheck,
+                                                    self._checkPaths)
+
     def _touch(self, unit: XAUnit) -> None:
         call = self._lingers.pop(unit, None)
         if call is not None and call.active():
@@ -155,6 +173,9 @@ class Importer:
             w("remove", unit)
 
     def stop(self) -> None:
+        if self._pathCall is not None and self._pathCall.active():
+            self._pathCall.cancel()
+        self._pathCall = None
         for call in self._lingers.values():
             if call.active():
                 call.cancel()

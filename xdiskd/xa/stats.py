@@ -31,6 +31,7 @@ class UnitStats:
         self.stalls = 0
         self.maxStall = 0.0
         self.failFasts = 0
+        self.moves = 0
         self.started = 0
         self.latencySum = 0.0
         self.latencyCount = 0
@@ -57,6 +58,7 @@ class UnitStats:
                     errors=self.errors, retries=self.retries,
                     failovers=self.failovers, stalls=self.stalls,
                     maxStall=self.maxStall, failFasts=self.failFasts,
+                    moves=self.moves,
                     started=self.started,
                     latencySum=self.latencySum,
                     latencyCount=self.latencyCount,

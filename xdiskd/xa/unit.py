@@ -16,12 +16,17 @@ Open life cycle (C{state}), each transition in one place below:
   STALLED  --span available--------> OPENING
   STALLED  --stallTimeout s--------> STALLED, failing fast (queued and new
                                      I/O fail with EIO until an open works)
+  OPEN     --better path-----------> OPEN, moving (no new I/O issued; once
+                                     none is in flight a FLUSH on the old
+                                     open, then it is closed) --> OPENING
   OPEN     --last close()----------> CLOSING  (return sent, wait for DELETE)
   CLOSING  --server's DELETE-------> CLOSED
 
 Paths: an open goes to the best live span (L{pathRank}): spans on links
 in hold-down (redialled after a failure, not yet proven) or far slower
-than another live path come last, then arrival order.  A link that dies
+than another live path come last, then arrival order.  An open on a path
+that has become far slower than another moves (L{reconsiderPath}): the
+importer asks every few seconds.  A link that dies
 silently is closed by its liveness check (dmsg/liveness.py), which to the
 unit is a lost open like any other.
 
@@ -93,6 +98,19 @@ def _rtt(span: Transaction) -> Optional[float]:
     return None if live is None else live.rtt
 
 
+def _ms(rtt: Optional[float]) -> str:
+    return "?" if rtt is None else "%.1f" % (rtt * 1000,)
+
+
+def _slower(span: Transaction, best: Any) -> bool:
+    """C{span}'s PING round trip is far longer than C{best}'s (or than
+    the round trip C{best}, a number)."""
+    r = _rtt(span)
+    b = best if isinstance(best, float) else _rtt(best)
+    return (r is not None and b is not None and r > b * SLOW_FACTOR
+            and r > b + SLOW_MARGIN)
+
+
 def pathRank(spans: List[Transaction], now: float) -> List[Transaction]:
     """
     The live spans of C{spans}, best first: those on a link neither in
@@ -109,9 +127,7 @@ def pathRank(spans: List[Transaction], now: float) -> List[Transaction]:
     def demoted(span: Transaction) -> bool:
         if getattr(span.link, "heldUntil", 0.0) > now:
             return True
-        r = _rtt(span)
-        return (best is not None and r is not None
-                and r > best * SLOW_FACTOR and r > best + SLOW_MARGIN)
+        return best is not None and _slower(span, best)
     good = [s for s in live if not demoted(s)]
     return good + [s for s in live if demoted(s)]
 
@@ -170,6 +186,8 @@ class XAUnit:
         self._stallCall: Any = None
         #: The stall outlasted stallTimeout: I/O fails with EIO now.
         self.failingFast = False
+        #: Moving the open to a better path: nothing new is issued.
+        self._moving = False
 
     def __repr__(self) -> str:
         return "<XAUnit %s serial=%r %s opencnt=%d spans=%d q=%d f=%d>" % (
@@ -548,6 +566,9 @@ class XAUnit:
 
     def _kick(self) -> None:
         """Start queued chunks while tags are free (FIFO)."""
+        if self._moving:
+            self._moveWhenIdle()
+            return
         queue = self.queue
         while queue:
             chunk = queue[0]
@@ -560,7 +581,8 @@ class XAUnit:
                             self.name, self.serial)))
                     continue
                 limit = self._spanIO.get(parent, self.maxIO)
-            elif self.state == OPEN and self.openTxn.isOpen:  # type: ignore
+            elif (self.state == OPEN and self.openTxn.isOpen  # type: ignore
+                  and not self._moving):
                 parent = self.openTxn
                 limit = self._openIO
             else:
@@ -588,6 +610,70 @@ class XAUnit:
             queue.popleft()
             if not self._issue(parent, chunk):
                 return
+
+    # ---------------------------------------------------------------
+    # Moving off a slow path
+
+    def reconsiderPath(self) -> bool:
+        """
+        Move the open off its path when that path is demoted (far slower
+        than another live path, L{pathRank}) and a better one exists:
+        I/O already on the wire finishes, a FLUSH makes it stable on the
+        old path, the old open is closed and a new one made on the best
+        path; requests wait meanwhile, as in a failover.
+
+        @return: whether a move started.
+        """
+        txn = self.openTxn
+        if self.state != OPEN or self._moving or txn is None:
+            return False
+        ranked = pathRank(self.spans, self.reactor.seconds())
+        current = txn.parent
+        if not ranked or ranked[0] is current or current not in ranked:
+            return False
+        if not _slower(current, ranked[0]):
+            return False
+        self._moving = True
+        self.stats.moves += 1
+        self.log.info("{unit}: path via {old} is far slower (PING {a} ms) "
+                      "than via {new} ({b} ms); moving the open",
+                      unit=self.name, old=txn.link.name,
+                      new=ranked[0].link.name, a=_ms(_rtt(current)),
+                      b=_ms(_rtt(ranked[0])))
+        self._moveWhenIdle()
+        return True
+
+    def _moveWhenIdle(self) -> None:
+        """Once nothing is in flight: FLUSH on the old open, then move."""
+        if not self._moving or self.inflight:
+            return
+        txn = self.openTxn
+        if self.state != OPEN or txn is None or not txn.isOpen:
+            self._moving = False      # lost meanwhile: a failover now
+            return
+        req = Request(self, C.BLK_FLUSH, 0, 0, False, self._movedFlush)
+        req.started = time.perf_counter()
+        self.stats.start(C.BLK_FLUSH)
+        [chunk] = req.split(None, self.maxIO)
+        if not self._issue(txn, chunk):
+            self.queue.remove(chunk)       # _issue re-queued it
+            self._moving = False
+
+    def _movedFlush(self, result: Any, failure: Optional[Failure]) -> None:
+        self._moving = False
+        txn = self.openTxn
+        if self.state != OPEN or txn is None:
+            self._kick()              # the open was lost: failover rules
+            return
+        if failure is not None:
+            self.log.warn("{unit}: FLUSH before moving failed ({why}); "
+                          "staying on {link}", unit=self.name,
+                          why=failure.getErrorMessage(), link=txn.link.name)
+            self._kick()
+            return
+        self.openTxn = None
+        txn.reply(0)                  # close the old open (§8.5)
+        self._startOpen()
 
     def _delayedKick(self) -> None:
         self._kickCall = None
