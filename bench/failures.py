@@ -118,6 +118,7 @@ def row(name, d):
             "verifyFailures": r["verifyFailures"],
             "writes": r["writes"], "finalVerified": r.get("finalVerified"),
             "longestRequest": round(r.get("maxLatency", 0), 2),
+            "longestFailedRequest": round(r.get("maxErrorLatency", 0), 2),
             "linksDeclaredDead": len(re.findall(r"dead: nothing received",
                                                 text)),
             "failovers": len(re.findall(r"open via .* lost", text)),

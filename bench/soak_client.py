@@ -37,7 +37,7 @@ def main():
     model = {}          # block -> sha256 of what was last written
     busy = set()
     stats = {"writes": 0, "reads": 0, "verifyFailures": 0, "errors": [],
-             "maxLatency": 0.0}
+             "maxLatency": 0.0, "maxErrorLatency": 0.0}
     inflight = {}       # cookie -> (kind, block, buf/hash, started)
     deadline = time.monotonic() + a.seconds
 
@@ -47,6 +47,8 @@ def main():
             h.aio_command_completed(cookie)
         except nbd.Error as e:
             stats["errors"].append("%s block %d: %s" % (kind, block, e))
+            stats["maxErrorLatency"] = max(stats["maxErrorLatency"],
+                                           time.monotonic() - started)
             busy.discard(block)
             return
         stats["maxLatency"] = max(stats["maxLatency"],
