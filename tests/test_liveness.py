@@ -115,6 +115,21 @@ class LivenessTests(SynchronousTestCase):
         self.advance(T + T / 5 + 0.25)
         self.assertTrue(self.peer.aborted)
 
+    def test_pausedStillPings(self):
+        """
+        While we do not read (an exporter behind a slow disk), a PING
+        still goes out every T/3, so the peer keeps hearing from us.
+        """
+        self.advance(2.0)
+        self.assertEqual(len(self.pings()), 1)    # outstanding, unread
+        self.peer.link.pauseReading("export-io")
+        self.advance(10.0)
+        self.assertGreaterEqual(len(self.pings()), 6)
+        self.peer.link.resumeReading("export-io")
+        n = len(self.pings())
+        self.advance(10.0)
+        self.assertEqual(len(self.pings()), n)    # one outstanding again
+
     def test_rttIsLeastOfRecent(self):
         live = self.peer.link.liveness
         for delay in (0.5, 0.125, 0.25):

@@ -19,7 +19,10 @@ The rules, with C{T} the link timeout (C{--link-timeout}):
   - One PING at a time is outstanding: once the link is up (LNK_CONN
     answered), a PING is sent whenever none is outstanding and C{T/3}
     seconds passed since the last one, busy or idle, so a standby path is
-    known dead before it is needed.  Its answer (either kind above) gives
+    known dead before it is needed.  While our reading is paused
+    (back-pressure) a PING goes out every C{T/3} regardless: we cannot
+    see answers then, but the peer, whose I/O may wait on our slow disk,
+    keeps hearing from us.  Its answer (either kind above) gives
     a round-trip sample (L{rtt}: the least of the last few, so a reply
     queued behind a large transfer does not make a busy path look slow).
   - The link is I{dead} once it has been silent for C{T} while something
@@ -155,10 +158,15 @@ class Liveness:
             if owed is not None:
                 link.declareDead(silent, owed)
                 return
-        if (link.ready and self.pingOutstanding is None
+        # While we do not read (back-pressure: e.g. an exporter with its
+        # in-flight limit reached behind a slow disk), answers cannot be
+        # seen, but the peer must still hear from us: PING regardless.
+        if (link.ready and (self.pingOutstanding is None
+                            or link.readingPaused)
                 and now - self.lastPing >= self.pingInterval):
             self.lastPing = now
-            self.pingOutstanding = now
+            if self.pingOutstanding is None:
+                self.pingOutstanding = now
             self.pingsSent += 1
             link.sendPing()
         # Keep the cadence: each sample one tick after the last was due.
