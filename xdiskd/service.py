@@ -25,7 +25,7 @@ from xdiskd.export.server import Exporter
 from xdiskd.export.store import StoreError, StorePoolService, openStore
 from xdiskd.node import Node
 from xdiskd.relay import Relay
-from xdiskd.tuning import leanPoll, tuneMalloc
+from xdiskd.io.send import leanPoll, tuneMalloc
 from xdiskd.options import Options, ensureImages, serverEndpointString
 from xdiskd.xa.importer import Importer
 

@@ -38,7 +38,7 @@ from zope.interface import implementer
 
 from xdiskd.dmsg import constants as C
 from xdiskd.dmsg.limits import DEFAULT_LIMITS, LinkLimits, Watchdog
-from xdiskd.tuning import (
+from xdiskd.io.send import (
     Sender, beginBatch, endBatch, leanReader, tuneTransport)
 from xdiskd.dmsg.wire import (
     BytesLike, Decoder, Encoder, Extension, FramingError, LnkConn, Message)

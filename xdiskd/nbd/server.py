@@ -21,7 +21,7 @@ from xdiskd.nbd import wire
 from xdiskd.nbd.commands import NOT_DIRECT, SectorLocks, Transmission
 from xdiskd.nbd.options import (CLOSE, STARTTLS, TRANSMIT, Decision, Export,
                                 Negotiator)
-from xdiskd.tuning import (
+from xdiskd.io.send import (
     Sender, beginBatch, endBatch, leanReader, tuneTransport)
 
 log = Logger(namespace="xdiskd.nbd.server")

@@ -15,7 +15,7 @@ from twisted.internet.unix import Server
 from twisted.test.proto_helpers import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from xdiskd import tuning
+from xdiskd.io import send as tuning
 from tests.daemons import parseOptions
 
 
