@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
@@ -38,13 +38,22 @@ from zope.interface import implementer
 
 from xdiskd.dmsg import constants as C
 from xdiskd.dmsg.limits import DEFAULT_LIMITS, LinkLimits, Watchdog
-from xdiskd.io.send import (
-    Sender, beginBatch, endBatch, leanReader, tuneTransport)
+from xdiskd.io.read import leanReader
+from xdiskd.io.send import Sender, beginBatch, endBatch
+from xdiskd.io.sockets import tuneTransport
 from xdiskd.dmsg.wire import (
     BytesLike, Decoder, Encoder, Extension, FramingError, LnkConn, Message)
 
 from xdiskd.dmsg.transaction import (  # noqa: F401 (re-exported)
-    Handler, LinkIO, Transaction)
+    Handler, LinkIO)
+from xdiskd.dmsg import transaction
+
+# A transaction does not import its link (it is given one); a transaction
+# of a DMSGLink is typed as one.
+if TYPE_CHECKING:
+    Transaction = transaction.Transaction["DMSGLink"]
+else:
+    Transaction = transaction.Transaction
 
 _linkIds = itertools.count(1)
 
