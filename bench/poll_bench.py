@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
 from twisted.internet.abstract import FileDescriptor  # noqa: E402
 from twisted.internet.epollreactor import EPollReactor  # noqa: E402
 
+from bench.machine import describe  # noqa: E402
 from xdiskd.io.poll import LeanEPollReactor  # noqa: E402
 
 
@@ -65,13 +66,12 @@ def main():
     p.add_argument("--n", type=int, default=100000)
     p.add_argument("--rounds", type=int, default=5)
     a = p.parse_args()
+    print("\n".join(describe()))
     kinds = (("twisted", EPollReactor), ("xdiskd", LeanEPollReactor))
     results = {k: [] for k, _ in kinds}
     for _ in range(a.rounds):
         for name, cls in kinds:
             results[name].append(perEvent(cls(), a.n))
-    print("load average at start: %s" % (open("/proc/loadavg").read()
-                                          .split()[:3],))
     for name, rs in results.items():
         rs.sort()
         print("%-8s us CPU/event: min %.2f median %.2f max %.2f" % (
