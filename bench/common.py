@@ -54,8 +54,9 @@ class Proc:
         return 0
 
 
-def xdiskd(name, args, workdir):
-    env = dict(os.environ, PYTHONPATH=REPO)
+def xdiskd(name, args, workdir, repo=REPO):
+    """A daemon of the xdiskd in C{repo} (another tree for an A/B)."""
+    env = dict(os.environ, PYTHONPATH=repo)
     state = os.path.join(workdir, name + ".state")
     os.makedirs(state, exist_ok=True)
     cmd = [TWISTD, "-n", "--pidfile=", "--logfile=" + os.path.join(

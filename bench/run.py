@@ -12,7 +12,9 @@ Topologies
           xdiskd-2hop-tcp  exporter daemon <- DMSG/TCP  <- importer daemon
           nbdkit-2hop      nbdkit file <- nbdkit nbd (proxy)
   variants  xdiskd-2hop-unix+--poll-us=0 (say): the same with options
-                           given to both daemons, measured alongside
+                           given to both daemons, measured alongside;
+            xdiskd-2hop-unix@/tmp/old: the daemons of another tree
+                           (git archive of a commit), for a before/after
 
 Every run records the machine (bench/machine.py: CPU, kernel, nproc,
 load and steal at start, memory, versions, commit, page-cache state of
@@ -38,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 
 from bench.common import (  # noqa: E402
-    Proc, cleanup, freePort, randomFile, scratch, waitFor, xdiskd)
+    REPO, Proc, cleanup, freePort, randomFile, scratch, waitFor, xdiskd)
 from bench.machine import describe, residency  # noqa: E402
 
 PEERS = {"xdiskd-1hop": "nbdkit-1hop", "qemu-nbd-1hop": "nbdkit-1hop",
@@ -92,8 +94,10 @@ def startAll(d, img, which):
                          "--cache=writeback", "--aio=threads", img],
             cwd=d)], "nbd+unix:///?socket=" + s)
     for n, name in enumerate(which):
-        # "xdiskd-2hop-unix+--poll-us=0": a variant with daemon options.
+        # "xdiskd-2hop-unix+--poll-us=0": a variant with daemon options;
+        # "xdiskd-2hop-unix@/tmp/old": the daemons of another tree.
         base, _, extra = name.partition("+")
+        base, _, tree = base.partition("@")
         kind = base[len("xdiskd-2hop-"):]
         if not base.startswith("xdiskd-2hop-") or kind not in (
                 "unix", "tcp"):
@@ -107,11 +111,12 @@ def startAll(d, img, which):
             lst = "tcp:%d:interface=127.0.0.1" % port
             con = "tcp:127.0.0.1:%d" % port
         s = os.path.join(d, "x2%s.sock" % tag)
+        repo = os.path.abspath(tree) if tree else REPO
         t[name] = Topology(name, [
             xdiskd("exp-" + tag, ["--no-import", "--listen", lst,
-                                  "--export", "b=" + img] + opts, d),
+                                  "--export", "b=" + img] + opts, d, repo),
             xdiskd("imp-" + tag, ["--connect", con, "--nbd", "unix:" + s]
-                   + opts, d)], "nbd+unix:///xa0?socket=" + s)
+                   + opts, d, repo)], "nbd+unix:///xa0?socket=" + s)
     if "nbdkit-2hop" in which:
         s1 = os.path.join(d, "k2a.sock")
         s2 = os.path.join(d, "k2b.sock")
@@ -169,7 +174,8 @@ def main():
     ap.add_argument("--topologies", help=(
         "comma-separated; a 2-hop xdiskd name may end in +OPTION "
         "(repeatable, e.g. xdiskd-2hop-unix+--poll-us=0): a variant "
-        "whose daemons get those options"), default=",".join(
+        "whose daemons get those options; NAME@TREE runs the daemons of "
+        "another source tree"), default=",".join(
         ["xdiskd-1hop", "nbdkit-1hop", "qemu-nbd-1hop", "xdiskd-2hop-unix",
          "xdiskd-2hop-tcp", "nbdkit-2hop"]))
     ap.add_argument("--plot", default="")
@@ -257,7 +263,7 @@ def report(results, rss, workloads, topos, a, machine):
             rs = results.get((wname, name))
             if not rs:
                 continue
-            peer = PEERS.get(name.partition("+")[0])
+            peer = PEERS.get(name.partition("+")[0].partition("@")[0])
             ratio = ""
             if peer and (wname, peer) in results:
                 key = "bw"
