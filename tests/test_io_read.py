@@ -9,6 +9,7 @@ import tempfile
 
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.internet.unix import Server
 from twisted.test.proto_helpers import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -93,7 +94,7 @@ class LeanReaderTests(TestCase):
                 reactor.callLater(0, push)
         push()
         while not self.protos:
-            yield deferLater(0)
+            yield deferLater(reactor, 0)
         got = yield self.protos[0].done
         c.close()
         self.assertTrue(self.protos[0].installed)
@@ -110,12 +111,6 @@ class LeanReaderTests(TestCase):
         order."""
         p = yield self.roundTrip(True)
         self.assertGreater(p.lent, 0)
-
-
-def deferLater(t):
-    d = defer.Deferred()
-    reactor.callLater(t, d.callback, None)
-    return d
 
 
 class NotInstalledTests(SynchronousTestCase):

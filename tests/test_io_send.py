@@ -9,17 +9,12 @@ import tempfile
 
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.test.proto_helpers import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from xdiskd.io.send import Sender
 from xdiskd.io.sockets import tuneTransport
-
-
-def deferLater(t):
-    d = defer.Deferred()
-    reactor.callLater(t, d.callback, None)
-    return d
 
 
 class SenderTests(SynchronousTestCase):
@@ -75,7 +70,7 @@ class SenderQueueTests(TestCase):
         c.setblocking(False)
         self.addCleanup(c.close)
         while not self.protos:
-            yield deferLater(0)
+            yield deferLater(reactor, 0)
         return c, self.protos[0]
 
     @defer.inlineCallbacks
@@ -85,7 +80,7 @@ class SenderQueueTests(TestCase):
             try:
                 data = c.recv(1 << 20)
             except BlockingIOError:
-                yield deferLater(0.001)
+                yield deferLater(reactor, 0.001)
                 continue
             if not data:
                 break
@@ -113,7 +108,7 @@ class SenderQueueTests(TestCase):
         got = yield self.drain(c, total)
         self.assertEqual(got, b"".join(pieces) + direct + b"last")
         while p.resumes == 0:
-            yield deferLater(0.001)
+            yield deferLater(reactor, 0.001)
         self.assertEqual((p.sender.queued, len(p.sender.queue)), (0, 0))
 
     @defer.inlineCallbacks

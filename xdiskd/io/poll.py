@@ -70,6 +70,7 @@ class LeanEPollReactor(EPollReactor):
 
     @ivar spinWindow: the L{SpinWindow}; its C{maximum} may be changed.
     @ivar lean: whether the lean loop is in use.
+    @ivar problems: what this Twisted lacks for it (empty if C{lean}).
     """
 
     def __init__(self, spinMax: float = 0.0) -> None:
