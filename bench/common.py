@@ -54,13 +54,17 @@ class Proc:
         return 0
 
 
-def xdiskd(name, args, workdir, prefix=()):
-    """A daemon; C{prefix} runs it under e.g. C{ip netns exec NS}."""
-    env = dict(os.environ, PYTHONPATH=REPO)
+def xdiskd(name, args, workdir, repo=REPO, prefix=()):
+    """
+    A daemon of the xdiskd in C{repo} (another tree for an A/B); C{prefix}
+    runs it under e.g. C{ip netns exec NS}.
+    """
+    env = dict(os.environ, PYTHONPATH=repo)
     state = os.path.join(workdir, name + ".state")
     os.makedirs(state, exist_ok=True)
-    cmd = list(prefix) + [TWISTD, "-n", "--pidfile=", "--logfile=" + os.path.join(
-        workdir, name + ".twistd.log"), "xdiskd", "--state-dir",
+    cmd = list(prefix) + [
+        TWISTD, "-n", "--pidfile=", "--logfile=" + os.path.join(
+            workdir, name + ".twistd.log"), "xdiskd", "--state-dir",
         state] + args
     return Proc(name, cmd, env, workdir)
 

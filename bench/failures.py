@@ -57,14 +57,14 @@ def row(name, d):
                 "--no-import", "--no-control", "--listen",
                 "tcp:9870:interface=%s" % (net.address(k, 1),),
                 "--export", "shared0=" + img], d,
-                net.prefix(net.exporterNS))
+                prefix=net.prefix(net.exporterNS))
         heads = {1: head(1), 2: head(2)}
         time.sleep(1.0)
         extra = ["--stall-timeout", "4"] if name.endswith("timeout") else []
         nbd = os.path.join(d, name + "-nbd.sock")
         imp = xdiskd(name + "-imp", net.connectArgs() + [
             "--no-control", "--nbd", "unix:" + nbd] + extra, d,
-            net.prefix(net.importerNS))
+            prefix=net.prefix(net.importerNS))
         uri = "nbd+unix:///shared0?socket=%s" % (nbd,)
         waitFor(["nbdinfo", "--size", uri], 30)
         time.sleep(1.5)

@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
 from twisted.internet.task import Clock  # noqa: E402
 from twisted.test.iosim import connectedServerAndClient  # noqa: E402
 
+from bench.machine import describe  # noqa: E402
 from xdiskd.dmsg.link import DMSGLink  # noqa: E402
 from xdiskd.export.server import Exporter  # noqa: E402
 from xdiskd.export.spec import ExportSpec  # noqa: E402
@@ -68,6 +69,7 @@ def main():
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--profile", action="store_true")
     a = ap.parse_args()
+    print("\n".join(describe()))
     fd, path = tempfile.mkstemp(prefix="xdhot-")
     os.write(fd, os.urandom(64 << 20))
     os.close(fd)

@@ -11,6 +11,14 @@ Topologies
   2 hops  xdiskd-2hop-unix exporter daemon <- DMSG/UNIX <- importer daemon
           xdiskd-2hop-tcp  exporter daemon <- DMSG/TCP  <- importer daemon
           nbdkit-2hop      nbdkit file <- nbdkit nbd (proxy)
+  variants  xdiskd-2hop-unix+--poll-us=0 (say): the same with options
+                           given to both daemons, measured alongside;
+            xdiskd-2hop-unix@/tmp/old: the daemons of another tree
+                           (git archive of a commit), for a before/after
+
+Every run records the machine (bench/machine.py: CPU, kernel, nproc,
+load and steal at start, memory, versions, commit, page-cache state of
+the test file) and the CPU of each process.
 
 Workloads: nbdcopy read/write of the whole file; fio (ioengine=nbd) 1 MiB
 sequential read/write QD8, 4 KiB random read/write QD1 and QD32, 64 KiB
@@ -32,7 +40,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 
 from bench.common import (  # noqa: E402
-    Proc, cleanup, freePort, randomFile, scratch, waitFor, xdiskd)
+    REPO, Proc, cleanup, freePort, randomFile, scratch, waitFor, xdiskd)
+from bench.machine import describe, residency  # noqa: E402
 
 PEERS = {"xdiskd-1hop": "nbdkit-1hop", "qemu-nbd-1hop": "nbdkit-1hop",
          "xdiskd-2hop-unix": "nbdkit-2hop",
@@ -58,6 +67,9 @@ class Topology:
     def cpu(self):
         return sum(p.cpuSeconds() for p in self.procs)
 
+    def cpuEach(self):
+        return [p.cpuSeconds() for p in self.procs]
+
     def rss(self):
         return {p.name: p.rssPeakKiB() for p in self.procs}
 
@@ -81,22 +93,30 @@ def startAll(d, img, which):
             "qemu-nbd", ["qemu-nbd", "-f", "raw", "-t", "-k", s,
                          "--cache=writeback", "--aio=threads", img],
             cwd=d)], "nbd+unix:///?socket=" + s)
-    for kind in ("unix", "tcp"):
-        name = "xdiskd-2hop-" + kind
-        if name not in which:
+    for n, name in enumerate(which):
+        # "xdiskd-2hop-unix+--poll-us=0": a variant with daemon options;
+        # "xdiskd-2hop-unix@/tmp/old": the daemons of another tree.
+        base, _, extra = name.partition("+")
+        base, _, tree = base.partition("@")
+        kind = base[len("xdiskd-2hop-"):]
+        if not base.startswith("xdiskd-2hop-") or kind not in (
+                "unix", "tcp"):
             continue
+        opts = extra.split("+") if extra else []
+        tag = "%s%d" % (kind, n)
         if kind == "unix":
-            lst = con = "unix:" + os.path.join(d, "e%s.sock" % kind)
+            lst = con = "unix:" + os.path.join(d, "e%s.sock" % tag)
         else:
             port = freePort()
             lst = "tcp:%d:interface=127.0.0.1" % port
             con = "tcp:127.0.0.1:%d" % port
-        s = os.path.join(d, "x2%s.sock" % kind)
+        s = os.path.join(d, "x2%s.sock" % tag)
+        repo = os.path.abspath(tree) if tree else REPO
         t[name] = Topology(name, [
-            xdiskd("exp-" + kind, ["--no-import", "--listen", lst,
-                                   "--export", "b=" + img], d),
-            xdiskd("imp-" + kind, ["--connect", con, "--nbd", "unix:" + s],
-                   d)], "nbd+unix:///xa0?socket=" + s)
+            xdiskd("exp-" + tag, ["--no-import", "--listen", lst,
+                                  "--export", "b=" + img] + opts, d, repo),
+            xdiskd("imp-" + tag, ["--connect", con, "--nbd", "unix:" + s]
+                   + opts, d, repo)], "nbd+unix:///xa0?socket=" + s)
     if "nbdkit-2hop" in which:
         s1 = os.path.join(d, "k2a.sock")
         s2 = os.path.join(d, "k2b.sock")
@@ -119,12 +139,14 @@ def fio(uri, rw, bs, qd, mix, size, runtime):
         cmd.append("--rwmixread=%d" % mix)
     out = subprocess.run(cmd, capture_output=True, check=True).stdout
     job = json.loads(out[out.index(b"{"):])["jobs"][0]
-    res = {"bytes": 0, "iops": 0.0, "bw": 0.0, "p50": [], "p99": []}
+    res = {"bytes": 0, "ios": 0, "iops": 0.0, "bw": 0.0, "p50": [],
+           "p99": []}
     for k in ("read", "write"):
         part = job[k]
         if not part["io_bytes"]:
             continue
         res["bytes"] += part["io_bytes"]
+        res["ios"] += part["total_ios"]
         res["iops"] += part["iops"]
         res["bw"] += part["bw_bytes"]
         pct = part["clat_ns"].get("percentile", {})
@@ -139,8 +161,8 @@ def nbdcopy(src, dst, size):
     t = time.perf_counter()
     subprocess.run(["nbdcopy", src, dst], check=True, capture_output=True)
     dt = time.perf_counter() - t
-    return {"bytes": size, "iops": 0.0, "bw": size / dt, "p50": 0.0,
-            "p99": 0.0}
+    return {"bytes": size, "ios": 0, "iops": 0.0, "bw": size / dt,
+            "p50": 0.0, "p99": 0.0}
 
 
 def main():
@@ -149,18 +171,26 @@ def main():
     ap.add_argument("--runtime", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--only", default="", help="comma-separated workloads")
-    ap.add_argument("--topologies", default=",".join(
+    ap.add_argument("--topologies", help=(
+        "comma-separated; a 2-hop xdiskd name may end in +OPTION "
+        "(repeatable, e.g. xdiskd-2hop-unix+--poll-us=0): a variant "
+        "whose daemons get those options; NAME@TREE runs the daemons of "
+        "another source tree"), default=",".join(
         ["xdiskd-1hop", "nbdkit-1hop", "qemu-nbd-1hop", "xdiskd-2hop-unix",
          "xdiskd-2hop-tcp", "nbdkit-2hop"]))
     ap.add_argument("--plot", default="")
     ap.add_argument("--markdown", default="")
     a = ap.parse_args()
+    machine = describe()
     d = scratch()
     size = a.size_mib << 20
     img = os.path.join(d, "disk.img")
     src = randomFile(os.path.join(d, "src"), a.size_mib)
     subprocess.run(["cp", src, img], check=True)
     which = a.topologies.split(",")
+    cached = residency(img)
+    machine.append("- disk.img (%d MiB) before the run: %s in page cache" % (
+        a.size_mib, "?" if cached is None else "%.0f%%" % cached))
     topos = startAll(d, img, which)
     results = {}          # (workload, topology) -> list of result dicts
     workloads = [("nbdcopy-read", None), ("nbdcopy-write", None)] + [
@@ -172,7 +202,7 @@ def main():
         for wname, job in workloads:
             for _ in range(a.rounds):
                 for name, topo in topos.items():   # alternate per round
-                    c0 = topo.cpu()
+                    c0 = topo.cpuEach()
                     if wname == "nbdcopy-read":
                         r = nbdcopy(topo.uri, "null:", size)
                     elif wname == "nbdcopy-write":
@@ -180,8 +210,12 @@ def main():
                     else:
                         _, rw, bs, qd, mix = job
                         r = fio(topo.uri, rw, bs, qd, mix, size, a.runtime)
-                    r["cpuPerGiB"] = (topo.cpu() - c0) / max(
-                        r["bytes"] / (1 << 30), 1e-9)
+                    used = [c - b for c, b in zip(topo.cpuEach(), c0)]
+                    gib = max(r["bytes"] / (1 << 30), 1e-9)
+                    r["cpuPerGiB"] = sum(used) / gib
+                    r["cpuEach"] = [u / gib for u in used]
+                    r["usPerReq"] = [
+                        u / max(r["ios"], 1) * 1e6 for u in used]
                     results.setdefault((wname, name), []).append(r)
         qdcurve = {}
         if a.plot:
@@ -196,7 +230,7 @@ def main():
             for p in t.procs:
                 p.stop()
         cleanup(d)
-    lines = report(results, rss, workloads, topos, a)
+    lines = report(results, rss, workloads, topos, a, machine)
     print("\n".join(lines))
     if a.markdown:
         with open(a.markdown, "a") as f:
@@ -209,30 +243,44 @@ def med(rs, key):
     return statistics.median(r[key] for r in rs)
 
 
-def report(results, rss, workloads, topos, a):
+def report(results, rss, workloads, topos, a, machine):
     lines = ["## %s — %d MiB file in page cache, %d s fio runs, %d "
              "round(s), UNIX sockets" % (time.strftime("%Y-%m-%d %H:%M"),
                                         a.size_mib, a.runtime, a.rounds),
+             ""] + machine + [
+             "",
+             "CPU per process: seconds per GiB moved, and µs per request "
+             "(fio rows), in the order of the topology's processes "
+             "(2-hop xdiskd: exporter, importer; nbdkit-2hop: file, nbd "
+             "proxy).",
              "",
              "| workload | topology | MB/s | IOPS | p50 µs | p99 µs | "
-             "CPU s/GiB | ratio vs peer |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]
+             "CPU s/GiB | per process s/GiB | per process µs/req | "
+             "ratio vs peer |",
+             "|---|---|---:|---:|---:|---:|---:|---|---|---|"]
     for wname, _ in workloads:
         for name in topos:
             rs = results.get((wname, name))
             if not rs:
                 continue
-            peer = PEERS.get(name)
+            peer = PEERS.get(name.partition("+")[0].partition("@")[0])
             ratio = ""
             if peer and (wname, peer) in results:
                 key = "bw"
                 ratio = "%.2f× %s" % (med(rs, key) / max(
                     med(results[(wname, peer)], key), 1e-9), peer)
+            each = [statistics.median(r["cpuEach"][i] for r in rs)
+                    for i in range(len(rs[0]["cpuEach"]))]
+            perReq = ("" if wname.startswith("nbdcopy") else " + ".join(
+                "%.1f" % statistics.median(r["usPerReq"][i] for r in rs)
+                for i in range(len(each))))
             lines.append("| %s | %s | %.0f | %.0f | %.0f | %.0f | %.2f | "
-                         "%s |" % (wname, name, med(rs, "bw") / 1e6,
-                                   med(rs, "iops"), med(rs, "p50"),
-                                   med(rs, "p99"), med(rs, "cpuPerGiB"),
-                                   ratio))
+                         "%s | %s | %s |" % (
+                             wname, name, med(rs, "bw") / 1e6,
+                             med(rs, "iops"), med(rs, "p50"),
+                             med(rs, "p99"), med(rs, "cpuPerGiB"),
+                             " + ".join("%.2f" % e for e in each), perReq,
+                             ratio))
     lines += ["", "Peak RSS (MiB): " + "; ".join(
         "%s: %s" % (n, ", ".join("%s %.0f" % (p, v / 1024)
                                  for p, v in r.items()))

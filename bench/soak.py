@@ -195,11 +195,12 @@ def runBlackhole(a, d):
             f.truncate(256 * MiB)
         exp = xdiskd("blackhole-exp", net.listenArgs() + [
             "--no-import", "--export", "soak0=" + img], d,
-            net.prefix(net.exporterNS))
+            prefix=net.prefix(net.exporterNS))
         time.sleep(1.0)
         nbd = os.path.join(d, "blackhole-nbd.sock")
         imp = xdiskd("blackhole-imp", net.connectArgs() + [
-            "--nbd", "unix:" + nbd], d, net.prefix(net.importerNS))
+            "--nbd", "unix:" + nbd], d,
+            prefix=net.prefix(net.importerNS))
         uri = "nbd+unix:///soak0?socket=%s" % (nbd,)
         waitFor(["nbdinfo", "--size", uri], 30)
         time.sleep(1.0)

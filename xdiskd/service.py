@@ -26,7 +26,8 @@ from xdiskd.export.server import Exporter
 from xdiskd.export.store import StoreError, StorePoolService, openStore
 from xdiskd.node import Node
 from xdiskd.relay import Relay
-from xdiskd.tuning import leanPoll, tuneMalloc
+from xdiskd.io.malloc import tuneMalloc
+from xdiskd.io.poll import install as installReactor, setSpin
 from xdiskd.options import Options, ensureImages, serverEndpointString
 from xdiskd.xa.importer import Importer
 
@@ -75,9 +76,10 @@ def _notice(what: str, desc: str, tls: Any) -> Callable[[Any], None]:
 
 
 def makeService(options: Options, reactor: Any = None) -> XDiskService:
+    spinMax = options["poll-us"] / 1e6
     if reactor is None:
-        from twisted.internet import reactor as _reactor
-        reactor = _reactor
+        # Under twistd without --reactor none is installed yet: ours.
+        reactor = installReactor(spinMax)
     stateDir = options["state-dir"]
     if options["listen"] or options["images"]:
         try:
@@ -91,7 +93,12 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
         raise usage.UsageError("cannot create image: %s" % (e,))
 
     tuneMalloc()
-    leanPoll(reactor, options["poll-us"] / 1e6)
+    if setSpin(reactor, spinMax):
+        log.info("reactor: {name}, busy-poll up to {us} us", us=int(
+            options["poll-us"]), name=type(reactor).__name__)
+    else:
+        log.info("reactor: {name} (no lean poll loop)",
+                 name=type(reactor).__name__)
     pool = StorePoolService(options["store-threads"])
     exporter = None
     if options["exports"]:

@@ -71,6 +71,11 @@ PEER_MAX = 64
 PFSTYPE_DEFAULT = 0
 PFSTYPE_MASK = 0x0F
 
+# LNK_CONN reserved03 (xdiskd's LnkConn.xflags): zero from DragonFly.
+#: "On this link we may both send aux_crc 0 and not check it"
+#: (xdiskd.dmsg.integrity).
+CONN_NO_AUX_CRC = 0x1
+
 # §5.3
 SPAN_PROTO_1 = 1
 MAXPHYS = 131072

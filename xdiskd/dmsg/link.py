@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
@@ -36,16 +36,25 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from xdiskd.dmsg import constants as C
+from xdiskd.dmsg import constants as C, integrity
 from xdiskd.dmsg.limits import DEFAULT_LIMITS, LinkLimits, Watchdog
 from xdiskd.dmsg.liveness import Liveness, isPingAnswer, tuneKeepalive
-from xdiskd.tuning import (
-    Sender, beginBatch, endBatch, leanReader, tuneTransport)
+from xdiskd.io.read import leanReader
+from xdiskd.io.send import Sender, beginBatch, endBatch
+from xdiskd.io.sockets import tuneTransport
 from xdiskd.dmsg.wire import (
     BytesLike, Decoder, Encoder, Extension, FramingError, LnkConn, Message)
 
 from xdiskd.dmsg.transaction import (  # noqa: F401 (re-exported)
-    Handler, LinkIO, Transaction)
+    Handler, LinkIO)
+from xdiskd.dmsg import transaction
+
+# A transaction does not import its link (it is given one); a transaction
+# of a DMSGLink is typed as one.
+if TYPE_CHECKING:
+    Transaction = transaction.Transaction["DMSGLink"]
+else:
+    Transaction = transaction.Transaction
 
 _linkIds = itertools.count(1)
 
@@ -71,6 +80,8 @@ class DMSGLink(Protocol):
     I/O, a peer not reading our replies) stops the work at once.
 
     @ivar peerConn: the peer's LNK_CONN extension, once received.
+    @ivar ourConn: the LNK_CONN extension we sent (with what we offer,
+        L{xdiskd.dmsg.integrity}).
     @ivar ready: our LNK_CONN has been answered with error 0.
     @ivar peerCheck: None, or C{f(transport)} called once a TLS handshake
         completes, returning None to go on or why the peer is refused.
@@ -93,6 +104,7 @@ class DMSGLink(Protocol):
         self.root.onChild = self._topLevel
         self._msgids = itertools.count(1)
         self.peerConn: Optional[LnkConn] = None
+        self.ourConn: Optional[LnkConn] = None
         self.connTxn: Optional[Transaction] = None
         self.ready = False
         self.connected = False
@@ -145,9 +157,9 @@ class DMSGLink(Protocol):
             # producer during the handshake, and pausing our reading then
             # would starve the handshake.
             self.transport.registerProducer(self, True)  # type: ignore
+        self.ourConn = integrity.offer(self, self.receiver.localConn())
         self.connTxn = self.startTransaction(
-            None, C.LNK_CONN, self.receiver.localConn(), None,
-            self._connReply)
+            None, C.LNK_CONN, self.ourConn, None, self._connReply)
         self.log.info("{link}: connected, LNK_CONN sent", link=self.name)
         if self._watchdog is not None:
             self._watchdog.start()
@@ -516,6 +528,9 @@ class DMSGLink(Protocol):
         if txn.icmd == C.LNK_CONN:
             # §7.2: answer the peer's LNK_CONN with a result, keep it open.
             self.peerConn = msg.ext  # type: ignore[assignment]
+            if integrity.agree(self, self.ourConn, msg.ext):
+                self.log.info("{link}: both ends skip the aux CRC",
+                              link=self.name)
             txn.handler = _closeOnDelete
             if not txn.rxDelete:
                 txn.result(0)

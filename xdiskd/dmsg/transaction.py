@@ -7,17 +7,39 @@ send on and stack children on.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
+from typing import (
+    Any, Callable, Dict, Generic, List, Optional, Protocol, TypeVar)
 
 from twisted.internet.defer import Deferred, succeed
 
 from xdiskd.dmsg import constants as C
 from xdiskd.dmsg.wire import BytesLike, Extension, Message
 
-if TYPE_CHECKING:
-    from xdiskd.dmsg.link import DMSGLink
+Handler = Callable[["Transaction[Any]", Message], Any]
 
-Handler = Callable[["Transaction", Message], Any]
+
+class TransactionLink(Protocol):
+    """
+    What a L{Transaction} needs of its link: the link is given to each
+    transaction (L{xdiskd.dmsg.link.DMSGLink} is one), so this module
+    does not import the link's, as an h2 stream never imports its
+    connection.  The rules of sending are the link's.
+    """
+
+    def _sendOn(self, txn: Any, cmd: int, ext: Optional[Extension],
+                aux: Optional[BytesLike], error: int, delete: bool, /
+                ) -> None:
+        ...
+
+    def startTransaction(self, parent: Any, cmd: int,
+                         ext: Optional[Extension] = None,
+                         aux: Optional[BytesLike] = None,
+                         handler: Optional[Handler] = None,
+                         delete: bool = False) -> Any:
+        ...
+
+
+LinkT = TypeVar("LinkT", bound=TransactionLink)
 
 
 class LinkIO:
@@ -37,7 +59,7 @@ class LinkIO:
         self.exportOps = self.exportBytes = self.exportErrors = 0
 
 
-class Transaction:
+class Transaction(Generic[LinkT]):
     """
     One DMSG transaction on one link.
 
@@ -57,8 +79,8 @@ class Transaction:
                  "onChild", "onOneShot", "dying", "data", "peerChildren",
                  "_closedWaiters")
 
-    def __init__(self, link: "DMSGLink", msgid: int,
-                 parent: Optional["Transaction"], icmd: int,
+    def __init__(self, link: LinkT, msgid: int,
+                 parent: Optional["Transaction[LinkT]"], icmd: int,
                  ours: bool) -> None:
         self.link = link
         self.msgid = msgid
@@ -69,13 +91,13 @@ class Transaction:
         self.txDelete = False
         self.rxCreate = False
         self.rxDelete = False
-        self.children: Dict["Transaction", None] = {}
+        self.children: Dict["Transaction[LinkT]", None] = {}
         self.handler: Optional[Handler] = None
         self.onChild: Optional[Handler] = None
         # (parent, msg) -> bool: may answer a one-message child (CREATE
         # and DELETE in one) at once with DMSGLink.answer, or return
         # False to have it go the usual way (a Transaction, onChild).
-        self.onOneShot: Optional[Callable[["Transaction", Message], bool]
+        self.onOneShot: Optional[Callable[["Transaction[LinkT]", Message], bool]
                                  ] = None
         self.dying = False
         self.data: Any = None
@@ -124,7 +146,7 @@ class Transaction:
     def startChild(self, cmd: int, ext: Optional[Extension] = None,
                    aux: Optional[BytesLike] = None,
                    handler: Optional[Handler] = None,
-                   delete: bool = False) -> "Transaction":
+                   delete: bool = False) -> "Transaction[LinkT]":
         """Open a new transaction of ours stacked on this one."""
         return self.link.startTransaction(self, cmd, ext, aux, handler,
                                           delete)

@@ -107,7 +107,7 @@ def encodeLabel(label: str) -> bytes:
 # C{packInto(buf)} writing its fields at offset 64 of a zeroed header
 # and C{unpackFrom(buf)} reading them back.
 
-_CONN = struct.Struct("<16s16s16sQBBHII8s56s128s")
+_CONN = struct.Struct("<16s16s16sQBBHIIQ56s128s")
 _SPAN = struct.Struct("<16s16sBBHI8sIIQII40s128s128s")
 _OPEN = struct.Struct("<II")
 _BLKIO = struct.Struct("<QQIIII")
@@ -116,7 +116,13 @@ _U16 = bytes(16)
 
 
 class LnkConn(NamedTuple):
-    """C{dmsg_lnk_conn} (§4.2), 328 bytes, header size 6 (384)."""
+    """
+    C{dmsg_lnk_conn} (§4.2), 328 bytes, header size 6 (384).
+
+    C{xflags} is C{reserved03} (8 bytes at 0x84, read as a little-endian
+    u64), which DragonFly leaves zero and does not look at: xdiskd peers
+    state there what they offer each other (L{xdiskd.dmsg.integrity}).
+    """
 
     peer_mask: int = 0
     peer_type: int = 0
@@ -126,19 +132,21 @@ class LnkConn(NamedTuple):
     rnss: int = 0
     media_id: bytes = _U16
     peer_id: bytes = _U16
+    xflags: int = 0
 
     def packInto(self, buf: bytearray) -> None:
         _CONN.pack_into(buf, C.HDR_SIZE, self.media_id, self.peer_id, _U16,
                         self.peer_mask, self.peer_type, 0,
                         self.proto_version, self.status, self.rnss,
-                        b"", b"", encodeLabel(self.peer_label))
+                        self.xflags, b"", encodeLabel(self.peer_label))
 
     @classmethod
     def unpackFrom(cls, buf: BytesLike) -> "LnkConn":
         (media_id, peer_id, _r1, peer_mask, peer_type, _r2, proto_version,
-         status, rnss, _r3, _r4, label) = _CONN.unpack_from(buf, C.HDR_SIZE)
+         status, rnss, xflags, _r4, label) = _CONN.unpack_from(
+             buf, C.HDR_SIZE)
         return cls(peer_mask, peer_type, proto_version, decodeLabel(label),
-                   status, rnss, media_id, peer_id)
+                   status, rnss, media_id, peer_id, xflags)
 
 
 class LnkSpan(NamedTuple):
@@ -315,10 +323,14 @@ class Message:
 # ----------------------------------------------------------------------
 # Encoding
 
-def encodeMessage(msg: Message) -> List[BytesLike]:
+def encodeMessage(msg: Message, auxCRC: bool = True) -> List[BytesLike]:
     """
     Encode C{msg} with its own salt; return the buffers to write in order
     (header, payload, padding), so a large payload is never concatenated.
+
+    @param auxCRC: compute C{aux_crc}; if False it is sent as 0, for a
+        peer that agreed not to check it (L{xdiskd.dmsg.integrity}).
+        C{hdr_crc} is always computed.
     """
     cmd = msg.cmd
     hbytes = (cmd & C.SIZE) * C.ALIGN
@@ -331,14 +343,15 @@ def encodeMessage(msg: Message) -> List[BytesLike]:
     out: List[BytesLike]
     if auxBytes:
         pad = -auxBytes & C.ALIGN_MASK
-        auxCRC = _crc32c(aux)  # type: ignore[arg-type]
+        crc = _crc32c(aux) if auxCRC else 0  # type: ignore[arg-type]
         if pad:
-            auxCRC = _crc32c(_PAD[:pad], auxCRC)
+            if auxCRC:
+                crc = _crc32c(_PAD[:pad], crc)
             out = [b"", aux, _PAD[:pad]]  # type: ignore[list-item]
         else:
             out = [b"", aux]  # type: ignore[list-item]
     else:
-        auxCRC = 0
+        crc = 0
         out = [b""]
     header = bytearray(hbytes)
     if msg.ext is not None:
@@ -348,7 +361,7 @@ def encodeMessage(msg: Message) -> List[BytesLike]:
         msg.ext.packInto(header)
     # §1.5: every field final, hdr_crc zero, then CRC all hbytes.
     HEADER.pack_into(header, 0, C.HDR_MAGIC, msg.reserved02, msg.salt,
-                     msg.msgid, msg.circuit, msg.link_verifier, cmd, auxCRC,
+                     msg.msgid, msg.circuit, msg.link_verifier, cmd, crc,
                      auxBytes, msg.error, 0, 0, 0)
     _HDR_CRC.pack_into(header, _HDR_CRC_OFFSET, _crc32c(header))
     out[0] = header
@@ -367,10 +380,11 @@ class Encoder:
 
     def __init__(self) -> None:
         self.sequence = 0
+        self.auxCRC = True      # see encodeMessage
 
     def encode(self, msg: Message) -> List[BytesLike]:
         msg.salt = self.sequence & 0xFF
-        out = encodeMessage(msg)
+        out = encodeMessage(msg, self.auxCRC)
         self.sequence += 1
         return out
 
@@ -392,6 +406,13 @@ class Decoder:
 
     def __init__(self, verifyCRC: bool = True, verifySalt: bool = True):
         self.verifyCRC = verifyCRC
+        # aux_crc only; hdr_crc is checked either way.  With
+        # offeredNoAuxCRC (we sent LNK_CONN with CONN_NO_AUX_CRC), the
+        # check stops right after a peer's LNK_CONN with that bit, in
+        # stream order: what follows it may come without (see
+        # xdiskd.dmsg.integrity).
+        self.verifyAuxCRC = True
+        self.offeredNoAuxCRC = False
         self.verifySalt = verifySalt
         self.sequence = 0
         self._parts: List[BytesLike] = []
@@ -524,7 +545,7 @@ class Decoder:
                         raise HeaderCRCError(
                             "bad hdr_crc %#010x, computed %#010x" % (
                                 hdrCRC, crc))
-                    if auxBytes and _crc32c(
+                    if auxBytes and self.verifyAuxCRC and _crc32c(
                             view[hend:pos + total]) != auxCRC:
                         raise AuxCRCError("bad aux_crc %#010x" % (auxCRC,))
                 if self.verifySalt and (salt & 0xFF) != (
@@ -537,6 +558,11 @@ class Decoder:
                     extType = EXTENSIONS.get(cmd & C.BASECMDMASK)
                     if extType is not None and hbytes >= _EXT_SIZES[extType]:
                         ext = extType.unpackFrom(view[pos:hend])
+                        if (extType is LnkConn and self.offeredNoAuxCRC
+                                and cmd & C.CREATE
+                                and ext.xflags  # type: ignore[union-attr]
+                                & C.CONN_NO_AUX_CRC):
+                            self.verifyAuxCRC = False
                     else:
                         ext = RawExt(bytes(view[pos + C.HDR_SIZE:hend]))
                 else:

@@ -21,8 +21,9 @@ from xdiskd.nbd import wire
 from xdiskd.nbd.commands import NOT_DIRECT, SectorLocks, Transmission
 from xdiskd.nbd.options import (CLOSE, STARTTLS, TRANSMIT, Decision, Export,
                                 Negotiator)
-from xdiskd.tuning import (
-    Sender, beginBatch, endBatch, leanReader, tuneTransport)
+from xdiskd.io.read import leanReader
+from xdiskd.io.send import Sender, beginBatch, endBatch
+from xdiskd.io.sockets import tuneTransport
 
 log = Logger(namespace="xdiskd.nbd.server")
 
