@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
-from zope.interface import provider
+from zope.interface import implementer, provider
 
 #: Reconnect back-off: 0.2 s growing by 1.5x up to 5 s (README, --connect).
 RETRY_POLICY = backoffPolicy(0.2, 5.0, 1.5)
@@ -38,6 +38,26 @@ def _quietRetries(event: Dict[str, Any]) -> None:
 
 class _ClientService(ClientService):
     _log = Logger(namespace="xdiskd.connectors", observer=_quietRetries)
+
+
+@implementer(IStreamClientEndpoint)
+class _NamedEndpoint:
+    """
+    An endpoint that logs as its description: ClientService's retry
+    lines name C{unix:/run/xdisk.sock}, not an object's repr.
+    """
+
+    def __init__(self, inner: IStreamClientEndpoint, desc: str) -> None:
+        self.inner = inner
+        self.desc = desc
+
+    def connect(self, protocolFactory: Any) -> Deferred:
+        return self.inner.connect(protocolFactory)
+
+    def __str__(self) -> str:
+        return self.desc
+
+    __repr__ = __str__
 
 
 class Connector:
@@ -158,7 +178,7 @@ class Connectors:
         kw: Dict[str, Any] = {"retryPolicy": self.retryPolicy}
         if self.clock is not None:
             kw["clock"] = self.clock
-        cs = _ClientService(ep, factory, **kw)
+        cs = _ClientService(_NamedEndpoint(ep, endpoint), factory, **kw)
         connector.service = cs
         self._byEndpoint[endpoint] = connector
         cs.setServiceParent(self.parent)

@@ -732,6 +732,8 @@ class DMSGFactory(Factory):
     ClientService, for outbound links alike.
     """
 
+    noisy = False   # no "Starting factory <...object at 0x...>" lines
+
     def __init__(self, receiver: Any, name: str = "",
                  verifyCRC: bool = True, verifySalt: bool = True,
                  limits: LinkLimits = DEFAULT_LIMITS, clock: Any = None,

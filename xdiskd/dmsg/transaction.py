@@ -97,6 +97,9 @@ class Transaction:
             "rD" if self.rxDelete else "", " dying" if self.dying else "",
             " late" if self.late else "")
 
+    def __str__(self) -> str:
+        return repr(self)[1:-1]
+
     @property
     def isOpen(self) -> bool:
         """Neither side has closed it (both may still send)."""

@@ -1,0 +1,80 @@
+"""
+What C{twistd xdiskd} runs: L{xdiskd.service} with the manners of a
+command-line daemon.  A mistake in the options or the configuration, or
+a listener that cannot listen, is one line on standard error
+(C{xdiskd: --linger: 'abc' is not a number of seconds}) and exit status
+1: no usage text, no traceback, no socket, lock or pid file left.
+
+(Under twistd without C{-n}, a listener failing in the forked daemon
+goes the way twistd reports it: its parent prints the message.)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, NoReturn, Optional
+
+from twisted.logger import Logger
+from twisted.python import usage
+
+from xdiskd import options as _options
+from xdiskd import service as _service
+from xdiskd.errors import StartupError
+
+log = Logger()
+
+
+def _fail(message: str, stream: Any = None) -> NoReturn:
+    """One line to standard error, exit status 1."""
+    line = " ".join(str(message).splitlines())
+    stream = stream or sys.stderr
+    stream.write("xdiskd: %s\n" % (line,))
+    stream.flush()
+    raise SystemExit(1)
+
+
+class Options(_options.Options):
+    """The daemon's options, failing with one line instead of usage text."""
+
+    def parseOptions(self, options: Optional[Any] = None) -> None:
+        try:
+            _options.Options.parseOptions(self, options)
+        except usage.UsageError as e:
+            text = str(e)
+            if text.endswith("not recognized"):
+                text += " (twistd -n xdiskd --help lists the options)"
+            _fail(text)
+
+
+def makeService(options: Any) -> _service.XDiskService:
+    """L{xdiskd.service.makeService}, failing with one line."""
+    try:
+        top = _service.makeService(options)
+    except (usage.UsageError, StartupError) as e:
+        _fail(str(e))
+    twistd = getattr(options, "parent", None)
+    if twistd is None or twistd.get("nodaemon"):
+        top.onStartupError = lambda message: _startFailed(message, twistd)
+    return top
+
+
+def _startFailed(message: str, twistd: Any) -> NoReturn:
+    """
+    A listener failed after twistd began logging (C{-n}): log it where
+    the log goes if that is a file, remove our pid file (twistd does
+    not when we exit), and print the line on the real standard error.
+    """
+    logfile = twistd.get("logfile") if twistd is not None else None
+    if logfile and logfile != "-":
+        log.critical("cannot start: {message}", message=message)
+    pidfile = twistd.get("pidfile") if twistd is not None else None
+    if pidfile:
+        try:
+            with open(pidfile) as f:
+                mine = f.read().strip() == str(os.getpid())
+            if mine:
+                os.unlink(pidfile)
+        except OSError:
+            pass
+    _fail(message, sys.__stderr__)
