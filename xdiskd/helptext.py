@@ -159,7 +159,7 @@ def _rules() -> List[Tuple[str, str]]:
         ("Endpoints",
          "Twisted endpoint strings: unix:PATH, tcp:PORT:interface=ADDR "
          "(listening), tcp:HOST:PORT (connecting); tls: in front of any "
-         "DMSG endpoint is mutual TLS with the --tls-* files.  UNIX "
+         "DMSG endpoint is mutual TLS (see TLS above).  UNIX "
          "listeners are mode 600 with a lock file unless mode= or "
          "lockfile= is given."),
         ("Defaults that cannot be used",
