@@ -175,6 +175,29 @@ class StartupErrorTests(SynchronousTestCase):
                          "cannot listen", twistdArgs=("--pidfile=" + pidfile,))
         self.assertFalse(os.path.exists(pidfile))
 
+    def test_withoutForeground(self):
+        """
+        Without -n twistd forks first; a listener failing in the child is
+        the critical log line, the parent prints it (twistd's format) and
+        exits 1, and no socket, lock or pid file is left.
+        """
+        pidfile, log = self.path("x.pid"), self.path("x.log")
+        bad = self.path("nodir", "x.sock")
+        p = subprocess.run([TWISTD, "--pidfile=" + pidfile,
+                            "--logfile=" + log, "xdiskd", "--state-dir",
+                            self.state, "--no-nbd", "--listen",
+                            "unix:" + self.path("ok.sock"), "--listen",
+                            "unix:" + bad], cwd=self.dir, env=_env(),
+                           capture_output=True, timeout=60,
+                           stdin=subprocess.DEVNULL)
+        self.assertEqual(p.returncode, 1)
+        line = "--listen unix:%s: cannot listen: no directory" % (bad,)
+        self.assertIn(line, p.stderr.decode())
+        text = read(log)
+        self.assertIn("[xdiskd.tap#critical] cannot start: " + line, text)
+        self.assertNotIn("Traceback", text)
+        self.assertEqual(self.leftovers(log), [])
+
     def _running(self, *args):
         """A daemon of ours that is up (its control socket answers)."""
         log = self.path("running.log")

@@ -5,8 +5,10 @@ a listener that cannot listen, is one line on standard error
 (C{xdiskd: --linger: 'abc' is not a number of seconds}) and exit status
 1: no usage text, no traceback, no socket, lock or pid file left.
 
-(Under twistd without C{-n}, a listener failing in the forked daemon
-goes the way twistd reports it: its parent prints the message.)
+(Without C{-n}, twistd forks before the listeners start: a listener
+that fails then is logged in the log file, and the waiting parent prints
+twistd's "An error has occurred: b'...'" with the first 98 bytes of the
+line, and exits 1.)
 """
 
 from __future__ import annotations
@@ -54,21 +56,33 @@ def makeService(options: Any) -> _service.XDiskService:
     except (usage.UsageError, StartupError) as e:
         _fail(str(e))
     twistd = getattr(options, "parent", None)
-    if twistd is None or twistd.get("nodaemon"):
-        top.onStartupError = lambda message: _startFailed(message, twistd)
+    top.onStartupError = lambda message: _startFailed(message, twistd)
     return top
 
 
 def _startFailed(message: str, twistd: Any) -> NoReturn:
     """
-    A listener failed after twistd began logging (C{-n}): log it where
-    the log goes if that is a file, remove our pid file (twistd does
-    not when we exit), and print the line on the real standard error.
+    A listener failed after twistd began logging: log it where the log
+    goes if that is a file, tell a waiting twistd parent (no C{-n}),
+    remove our pid file (twistd does not when we exit), and print the
+    line on the real standard error.
     """
-    logfile = twistd.get("logfile") if twistd is not None else None
-    if logfile and logfile != "-":
+    twistd = twistd if twistd is not None else {}
+    logfile = twistd.get("logfile")
+    daemon = not twistd.get("nodaemon", True)
+    if daemon or (logfile and logfile != "-"):
         log.critical("cannot start: {message}", message=message)
-    pidfile = twistd.get("pidfile") if twistd is not None else None
+    pipe = twistd.get("statusPipe")
+    if pipe is not None:
+        # What twistd's parent reads: "1 " and at most 98 more bytes.
+        try:
+            os.write(pipe, b"1 " + message.encode("ascii",
+                                                  "backslashreplace")[:98])
+            os.close(pipe)
+        except OSError:
+            pass
+        twistd["statusPipe"] = None
+    pidfile = twistd.get("pidfile")
     if pidfile:
         try:
             with open(pidfile) as f:
