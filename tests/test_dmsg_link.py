@@ -210,6 +210,96 @@ class StackedTransactionTests(SynchronousTestCase):
         self.assertEqual(self.server.violations, 0)
         self.assertEqual(self.client.violations, 0)
 
+    def _ioInFlight(self, o):
+        got = []
+        io = o.startChild(C.BLK_READ, BlkIO(0, 512), delete=True,
+                          handler=lambda t, m: got.append(m))
+        self.pump.flush()
+        [(stxn, _)] = self.ios
+        return io, stxn, got
+
+    def _onlyConnLeft(self):
+        for table in (self.client.tx, self.server.rx):
+            self.assertEqual([t.icmd for t in table.values()],
+                             [C.LNK_CONN])
+
+    def test_lateReplyAfterOurCloseDropped(self):
+        """
+        §6.4, §6.8: we close an open with a read in flight, and the
+        server's reply crosses our DELETE: the read was failed locally
+        once (LOSTLINK), the reply is dropped silently, not a violation.
+        """
+        o, _ = self._clientOpen()
+        io, stxn, got = self._ioInFlight(o)
+        o.reply(0)
+        self.assertEqual([m.error for m in got], [C.ERR_LOSTLINK])
+        self.assertIn(io.msgid, self.client.tx)      # waits for the peer
+        stxn.send(C.LNK_ERROR, aux=b"r" * 512, delete=True)
+        self.pump.flush()
+        self.assertEqual(len(got), 1)
+        self.assertEqual((self.client.violations, self.client.lateMessages),
+                         (0, 1))
+        self.assertEqual(self.server.violations, 0)
+        self.assertTrue(o.closed)
+        self._onlyConnLeft()
+
+    def test_lateTransactionReleasedByParentDelete(self):
+        """A peer that never answers the failed read (it saw our close
+        first): the server's DELETE of the open releases it."""
+        o, _ = self._clientOpen()
+        io, stxn, got = self._ioInFlight(o)
+        o.reply(0)
+        self.pump.flush()
+        self.assertEqual(len(got), 1)
+        self.assertEqual((self.client.violations, self.client.lateMessages),
+                         (0, 0))
+        self.assertTrue(io.closed and o.closed)
+        self._onlyConnLeft()
+
+    def test_lateTransactionReleasedByLinkLoss(self):
+        o, _ = self._clientOpen()
+        io, stxn, got = self._ioInFlight(o)
+        o.reply(0)
+        self.client.transport.loseConnection()
+        self.pump.flush()
+        self.assertEqual(len(got), 1)
+        self.assertEqual(self.client.tx, {})
+
+    def test_lateCreateUnderParentWeClosedDropped(self):
+        """
+        The server closes the open while the client, not knowing yet,
+        stacks a new read on it: the server drops that CREATE silently
+        (the client fails the read itself when the close arrives).
+        """
+        o, replies = self._clientOpen()
+        self.opens[0].reply(0)
+        got = []
+        o.startChild(C.BLK_READ, BlkIO(0, 512), delete=True,
+                     handler=lambda t, m: got.append(m))
+        self.pump.flush()
+        self.assertEqual(self.ios, [])
+        self.assertEqual((self.server.violations, self.server.lateMessages),
+                         (0, 1))
+        self.assertEqual(self.client.violations, 0)
+        self.assertEqual([m.error for m in got], [C.ERR_LOSTLINK])
+        o.reply(0)
+        self.pump.flush()
+        self._onlyConnLeft()
+
+    def test_createUnderParentPeerClosedIsViolation(self):
+        """Stacking on a transaction one has closed oneself is still a
+        violation: only a close by the receiver excuses it."""
+        o, _ = self._clientOpen()
+        sopen = self.opens[0]
+        self.client._write(Message(C.LNK_ERROR | C.DELETE, o.msgid,
+                                   o.circuit, 0))
+        o.txDelete = True
+        self.client._write(Message(C.BLK_READ | C.CREATE | C.DELETE, 999,
+                                   o.msgid, 0, BlkIO(0, 512)))
+        self.pump.flush()
+        self.assertTrue(sopen.rxDelete)
+        self.assertEqual(self.server.violations, 1)
+
     def test_childUnderClosedParentRefused(self):
         o, _ = self._clientOpen()
         o.reply(0)

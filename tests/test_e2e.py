@@ -284,6 +284,30 @@ class TwoProcessTests(SynchronousTestCase):
                              sha(src))
         self.assertIn("re-opening", self.imp.logText())
 
+    def test_disconnectWithReadsInFlight(self):
+        """
+        NBD clients that hang up with reads in flight (nbd-tester-client
+        does): the exporter's late replies are dropped without a single
+        protocol violation on either side, and the unit serves the next
+        client.
+        """
+        nbdsh(self.uri, "\n".join([
+            "uri = sys.argv[1]",
+            "for _ in range(5):",
+            "    h = nbd.NBD()",
+            "    h.connect_uri(uri)",
+            "    bufs = [nbd.Buffer(1 << 20) for i in range(32)]",
+            "    for i, b in enumerate(bufs):",
+            "        h.aio_pread(b, i << 20)",
+            "    h.poll(0)",
+            "    del h"]))
+        waitNBD(self.sock)
+        p = run(["qemu-io", "-f", "raw", "-c", "read 0 1M", self.uri])
+        self.assertIn(b"read 1048576/1048576", p.stdout)
+        for d in (self.imp, self.exp):
+            self.assertNotIn("violation", d.logText())
+            self.assertNotIn("Traceback", d.logText())
+
     def test_readOnlyExport(self):
         """Writes to a read-only export fail with EIO at the client."""
         self.exp.kill()

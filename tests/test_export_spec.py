@@ -88,9 +88,9 @@ class ParseValidTests(SynchronousTestCase):
 
     def test_blksizeLimits(self) -> None:
         """
-        Every power of two from 1 to 65536 is a valid blksize.
+        Every power of two from 512 to 65536 is a valid blksize.
         """
-        for shift in range(17):
+        for shift in range(9, 17):
             size = 1 << shift
             self.assertEqual(parseExportSpec(f"s=/x,blksize={size}").blksize, size)
 
@@ -114,7 +114,7 @@ class ParseValidTests(SynchronousTestCase):
             max_size=40,
         ),
         readOnly=st.booleans(),
-        shift=st.integers(0, 16),
+        shift=st.integers(9, 16),
         label=st.text(
             st.characters(exclude_characters=",\0", exclude_categories=["Cs"]),
             max_size=30,
@@ -202,6 +202,10 @@ class ParseErrorTests(SynchronousTestCase):
 
     def test_blksizeTooLarge(self) -> None:
         self.assertSpecError("s=/x,blksize=131072", "larger than 65536")
+
+    def test_blksizeTooSmall(self) -> None:
+        for value in (1, 256):
+            self.assertSpecError(f"s=/x,blksize={value}", "smaller than 512")
 
     def test_blksizeNotANumber(self) -> None:
         for value in ["", "abc", "-512", "+512", " 512", "0x200", "5_12", "512.0"]:

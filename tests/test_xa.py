@@ -13,7 +13,7 @@ from zope.interface.verify import verifyObject
 from xdiskd.dmsg import constants as C
 from xdiskd.dmsg.wire import LnkSpan
 from xdiskd.errors import (
-    MediaError, NoPathError, OutOfRangeError, ReadOnlyError)
+    MediaError, NoPathError, NotOpenError, OutOfRangeError, ReadOnlyError)
 from xdiskd.interfaces import (
     IBlockDevice, IBlockDeviceRegistry, ICallbackBlockDevice)
 from xdiskd.xa.importer import unitKey
@@ -359,6 +359,80 @@ class CallbackIOTests(Base):
         self.assertIsNone(failure)
         self.assertEqual(b"".join(bytes(p) for p in parts),
                          bytes(self.content[8192:12288]))
+
+
+class LateReplyTests(Base):
+    """
+    Spec §6.4, §6.8: a transaction lives until DELETE went both ways.
+    Closing a unit with I/O on the wire (an NBD client that disconnects
+    with reads in flight) fails that I/O locally, but the exporter's
+    replies already on their way are dropped silently, not counted as
+    protocol violations.
+    """
+
+    def _inflight(self, u, results):
+        u.maxTags = 3                 # the open holds one: 2 on the wire
+        handle = u.startRead(0, 4 << 20,
+                             lambda r, f: results.append((r, f)))
+        self.assertEqual((len(u.inflight), len(u.queue)), (2, 2))
+        return handle
+
+    def _assertQuiet(self):
+        self.assertEqual((self.wire.client.violations,
+                          self.wire.server.violations), (0, 0))
+        # Nothing is left over on either side once both DELETEs went.
+        self.assertEqual(len(self.wire.client.tx), 1)     # LNK_CONN
+        self.assertEqual(len(self.wire.server.rx), 1)
+
+    def test_cancelThenCloseWithReadsInFlight(self):
+        """The NBD disconnect path: cancel every request, close the unit."""
+        u = self.openUnit()
+        results = []
+        handle = self._inflight(u, results)
+        handle.cancel()
+        d = u.close()
+        self.wire.flush()
+        self.successResultOf(d)
+        self.assertEqual(u.state, "closed")
+        self._assertQuiet()
+        self.assertEqual((u.inflight, u.requests, len(u.queue),
+                          u.bytesQueued), ({}, {}, 0, 0))
+        [(r, f)] = results
+        f.trap(CancelledError)
+
+    def test_closeWithSplitReadInFlight(self):
+        """A split request still running when the last open goes fails
+        as a whole, once; nothing of it is re-queued for a later open."""
+        u = self.openUnit()
+        results = []
+        self._inflight(u, results)
+        d = u.close()
+        self.wire.flush()
+        self.successResultOf(d)
+        self._assertQuiet()
+        [(r, f)] = results
+        self.assertIsNone(r)
+        f.trap(NotOpenError)
+        self.assertEqual((u.inflight, u.requests, len(u.queue),
+                          u.bytesQueued), ({}, {}, 0, 0))
+        # A later open starts clean: no chunk of the old request is sent.
+        self.wait(u.open())
+        self.assertEqual((len(u.inflight), len(u.queue)), (0, 0))
+
+    def test_reopenWhileLateRepliesArrive(self):
+        """Re-opening while the old open drains: the late replies of the
+        old open's I/O do not disturb the new open's I/O."""
+        u = self.openUnit()
+        results = []
+        self._inflight(u, results)
+        u.close()
+        opened = u.open()
+        self.wire.flush()
+        self.successResultOf(opened)
+        self.assertEqual(bytes(self.wait(u.read(4096, 512))),
+                         bytes(self.content[4096:4608]))
+        self.assertEqual(self.wire.client.violations, 0)
+        self.assertEqual(self.wire.server.violations, 0)
 
 
 class PathTests(Base):

@@ -202,6 +202,11 @@ def runStat(client: ControlClient, interval: float, count: Optional[int],
 # -------------------------------------------------------------------
 # main
 
+def _version() -> str:
+    from xdiskd import __version__
+    return "xdisk (xdiskd %s)" % (__version__,)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="xdisk", description="Control a running xdiskd.")
@@ -215,6 +220,8 @@ def parser() -> argparse.ArgumentParser:
                    help="print the daemon's JSON replies")
     p.add_argument("--timeout", type=float, default=30.0, metavar="SEC",
                    help="give up on a reply after SEC seconds (30)")
+    p.add_argument("--version", action="version", version=_version(),
+                   help="print xdiskd's version and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     sub.add_parser("list", help="units, exports, links, connect targets")

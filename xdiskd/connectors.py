@@ -120,6 +120,12 @@ class _CountingEndpoint:
         d.addErrback(self._failed)
         return d
 
+    def __str__(self) -> str:
+        # Any line that names the endpoint names it as configured.
+        return self.connector.endpoint
+
+    __repr__ = __str__
+
     def _failed(self, failure: Failure) -> Failure:
         c = self.connector
         c.failures += 1

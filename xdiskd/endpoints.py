@@ -19,6 +19,7 @@ certificates or allow-list.
 from __future__ import annotations
 
 import ipaddress
+import os
 from typing import Any, Callable, List, NamedTuple, Optional, Tuple
 
 from twisted.internet.endpoints import (
@@ -107,6 +108,41 @@ def withConnectTimeout(desc: str, seconds: float) -> str:
     if kind not in ("tcp", "tcp6") or "timeout" in named or seconds <= 0:
         return desc
     return "%s%s:timeout=%d" % (prefix, inner, max(1, int(seconds + 0.999)))
+
+
+def checkServerEndpoint(desc: str) -> None:
+    """
+    Catch the mistakes Twisted reports late or with a bare C{int()}
+    error: a TCP port that is not a number from 0 to 65535, a UNIX
+    socket path longer than 107 bytes.
+
+    @raise ValueError: naming what is wrong.
+    """
+    if isTLS(desc):
+        desc = splitTLS(desc)[1]
+    kind, positional, named = _args(desc)
+    if kind in ("tcp", "tcp6", "ssl"):
+        port = named.get("port", positional[0] if positional else "")
+        if not port.isdigit() or int(port) > 65535:
+            raise ValueError("%r is not a port number (0 to 65535)" % (
+                port,))
+    path, _ = unixListenPath(desc)
+    if path is not None and len(os.fsencode(path)) > 107:
+        raise ValueError("the socket path is longer than 107 bytes")
+
+
+def unixListenPath(desc: str) -> Tuple[Optional[str], bool]:
+    """
+    (socket path, whether a lock file guards it) of a C{unix:} server
+    endpoint (C{tls:} looked through); (None, False) for others.
+    """
+    if isTLS(desc):
+        desc = splitTLS(desc)[1]
+    kind, positional, named = _args(desc)
+    if kind != "unix":
+        return None, False
+    path = named.get("address", positional[0] if positional else None)
+    return path, named.get("lockfile", "0") == "1"
 
 
 @implementer(IStreamServerEndpoint)

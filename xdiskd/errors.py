@@ -40,3 +40,11 @@ class ReadOnlyError(XDiskError):
 
 class UnitGoneError(XDiskError):
     """The unit was torn down while the request waited.  NBD: ESHUTDOWN."""
+
+
+class StartupError(XDiskError):
+    """
+    The daemon cannot start as configured (a busy or bad listener, a
+    missing export file...).  The message is one line for the admin,
+    naming the option and its value; twistd exits with status 1.
+    """

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import configparser
 import os
+import platform
 import re
 import socket
-from typing import Any, Dict, List
+import sys
+from typing import Any, Callable, Dict, List, Optional
 
 from twisted.python import usage
 
@@ -34,8 +36,85 @@ def parseSize(text: str) -> int:
     """C{"1G"} → 1073741824; plain numbers are bytes."""
     m = _SIZE.match(text.strip())
     if not m:
-        raise usage.UsageError("bad size %r (e.g. 512M, 1G)" % (text,))
+        raise usage.UsageError("%r is not a size (e.g. 512M, 1G)" % (text,))
     return int(m.group(1)) * _UNITS[m.group(2).upper()]
+
+
+def _seconds(option: str, positive: bool = False) -> Callable[[str], float]:
+    """A coercer of C{--option SECONDS} whose error names both."""
+    def coerce(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not value >= (0 if not positive else 1e-9) or value == float(
+                "inf"):
+            raise usage.UsageError("--%s: %r is not a %snumber of seconds" % (
+                option, text, "positive " if positive else ""))
+        return value
+    coerce.coerceDoc = ""  # type: ignore[attr-defined]
+    return coerce
+
+
+def _whole(option: str, what: str, low: int,
+           high: Optional[int] = None) -> Callable[[str], int]:
+    """A coercer of C{--option N} in C{low..high}, naming both on error."""
+    def coerce(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and
+                                            value > high):
+            span = "%d to %d" % (low, high) if high is not None else \
+                "at least %d" % (low,)
+            raise usage.UsageError("--%s: %r is not a number of %s (%s)" % (
+                option, text, what, span))
+        return value
+    coerce.coerceDoc = ""  # type: ignore[attr-defined]
+    return coerce
+
+
+def _choice(option: str, *choices: str) -> Callable[[str], str]:
+    def coerce(text: str) -> str:
+        if text not in choices:
+            raise usage.UsageError("--%s: %r is not one of %s" % (
+                option, text, ", ".join(choices)))
+        return text
+    coerce.coerceDoc = ""  # type: ignore[attr-defined]
+    return coerce
+
+
+def _octal(option: str) -> Callable[[str], str]:
+    def coerce(text: str) -> str:
+        try:
+            int(text, 8)
+        except ValueError:
+            raise usage.UsageError("--%s: %r is not an octal mode (e.g. "
+                                   "600)" % (option, text))
+        return text
+    coerce.coerceDoc = ""  # type: ignore[attr-defined]
+    return coerce
+
+
+def _linkTimeout(text: str) -> float:
+    """--link-timeout: 0 (off) or 0.5 to 3600 seconds."""
+    value = _seconds("link-timeout")(text)
+    if value != 0 and not 0.5 <= value <= 3600:
+        raise usage.UsageError("--link-timeout: %r is not 0 (off) or 0.5 "
+                               "to 3600 seconds" % (text,))
+    return value
+
+
+_linkTimeout.coerceDoc = ""  # type: ignore[attr-defined]
+
+
+def versionText() -> str:
+    """C{xdiskd 0.1.0 (Twisted 26.10.0, Python 3.11.7)}."""
+    import twisted
+    from xdiskd import __version__
+    return "xdiskd %s (Twisted %s, Python %s)" % (
+        __version__, twisted.__version__, platform.python_version())
 
 
 class Options(usage.Options):
@@ -70,45 +149,50 @@ class Options(usage.Options):
          "Directory for sockets and images (created if absent)."],
         ["linger", None, 60.0,
          "Seconds an unused unit with no paths lingers before teardown.",
-         float],
+         _seconds("linger")],
         ["link-timeout", None, 5.0,
          "Seconds of silence after which a DMSG link that owes us a reply "
          "(I/O, or a PING it would answer) is dead and closed; links are "
          "probed with LNK_PING every third of it, and TCP keepalive and "
-         "TCP_USER_TIMEOUT are set to match (0: off).", float],
+         "TCP_USER_TIMEOUT are set to match (0: off; else 0.5 to 3600).",
+         _linkTimeout],
         ["stall-timeout", None, 0.0,
          "Seconds a unit may be without a usable path before its queued "
          "and new I/O fail with EIO (until a path returns); 0: queue "
          "forever, as the seed and dm-multipath's queue_if_no_path do.",
-         float],
+         _seconds("stall-timeout")],
         ["max-io", None, 1048576,
          "Largest DMSG I/O the importer sends (512..1048576).  Each path "
          "gets at most what its exporter states in its span (xdiskd: "
          "1048576); DragonFly exporters state nothing and get 131072.",
-         int],
-        ["store-threads", None, 4, "Export-side disk I/O threads.", int],
+         _whole("max-io", "bytes", 512, 1048576)],
+        ["store-threads", None, 4, "Export-side disk I/O threads.",
+         _whole("store-threads", "threads", 1, 256)],
         ["inline-write-max", None, 1048576,
          "Page-aligned export writes up to this many bytes go to the page "
          "cache in the reactor thread while it has room for them (dirty "
          "pages under the kernel's background limit); 0: always "
-         "on the I/O threads.", int],
+         "on the I/O threads.",
+         _whole("inline-write-max", "bytes", 0, 1048576)],
         ["poll-us", None, 100,
          "Busy-poll for I/O up to this many microseconds before sleeping, "
          "adapting to how soon events come (0: always sleep at once).  "
          "Cuts latency at low queue depth; an idle daemon does not spin.",
-         int],
+         _whole("poll-us", "microseconds", 0, 10000)],
         ["socket-mode", None, "600",
-         "Octal mode of UNIX listening sockets without an explicit mode=."],
+         "Octal mode of UNIX listening sockets without an explicit mode=.",
+         _octal("socket-mode")],
         ["hostname", None, None, "Host name used in labels."],
         ["control", None, None,
          "Control socket (UNIX, mode 0600) for the xdisk command "
-         "[default: <state-dir>/control.sock]."],
+         "[default: <state-dir>/control.sock; skipped with a warning if "
+         "another daemon holds it]."],
         ["metrics", None, None,
          "Serve Prometheus metrics at /metrics on a server endpoint, "
          "e.g. tcp:9100:interface=127.0.0.1."],
         ["log-format", None, "text",
          "Log as readable text or as JSON objects, one per line "
-         "(text|json)."],
+         "(text|json).", _choice("log-format", "text", "json")],
         ["tls-cert", None, None,
          "PEM certificate (then intermediates) for tls: DMSG endpoints."],
         ["tls-key", None, None,
@@ -125,7 +209,8 @@ class Options(usage.Options):
          "PEM CA certificates for NBD client certificates "
          "[default: --tls-ca]."],
         ["nbd-handshake-timeout", None, 30.0,
-         "Seconds an NBD client may take to reach transmission.", float],
+         "Seconds an NBD client may take to reach transmission.",
+         _seconds("nbd-handshake-timeout", positive=True)],
     ]
 
     def __init__(self) -> None:
@@ -133,6 +218,7 @@ class Options(usage.Options):
         for key in _LISTS:
             self[key] = []
         self._given: Dict[str, Any] = {}
+        self.nbdIsDefault = False
 
     def opt_listen(self, endpoint: str) -> None:
         """Accept DMSG links on a server endpoint (repeatable), e.g. unix:/run/xdisk.sock, tcp:987"""  # noqa
@@ -143,15 +229,15 @@ class Options(usage.Options):
         self["connect"].append(endpoint)
 
     def opt_export(self, spec: str) -> None:
-        """Export SERIAL=PATH[,ro][,blksize=N][,label=HOST/DEV] (repeatable)."""  # noqa
+        """Export a file or block device as a DMSG disk (repeatable; rules below)."""  # noqa
         self["export"].append(spec)
 
     def opt_nbd(self, endpoint: str) -> None:
-        """Serve units over NBD on a server endpoint (repeatable) [default: tcp:10809:interface=127.0.0.1]"""  # noqa
+        """Serve units over NBD on a server endpoint (repeatable) [default: tcp:10809:interface=127.0.0.1; skipped with a warning if another daemon holds it]"""  # noqa
         self["nbd"].append(endpoint)
 
     def opt_image(self, spec: str) -> None:
-        """PATH=SIZE: create a sparse image of SIZE (e.g. 1G) if PATH is absent (repeatable)."""  # noqa
+        """Create a sparse image of SIZE (e.g. 1G) if PATH is absent (repeatable)."""  # noqa
         self["image"].append(spec)
 
     def opt_readonly_unit(self, name: str) -> None:
@@ -167,8 +253,18 @@ class Options(usage.Options):
         self["nbd-tls-allow"].append(name)
 
     def opt_link_limit(self, spec: str) -> None:
-        """NAME=VALUE: a per-link DMSG limit (repeatable): buffered, transactions, children, inflight (bytes/counts), handshake, stall (seconds)."""  # noqa
+        """A per-link DMSG limit (repeatable); the names and their defaults are listed below."""  # noqa
         self["link-limit"].append(spec)
+
+    def opt_version(self) -> None:
+        """Print xdiskd's version (and Twisted's and Python's) and exit."""
+        print(versionText())
+        sys.exit(0)
+
+    def getUsage(self, width: Optional[int] = None) -> str:
+        """--help: the options by group, rules and examples (helptext)."""
+        from xdiskd.helptext import renderHelp
+        return renderHelp(self, self.longdesc)
 
     def parseArgs(self, *args: str) -> None:
         if args:
@@ -182,40 +278,26 @@ class Options(usage.Options):
             self._loadConfig(self["config"])
         if not self["hostname"]:
             self["hostname"] = socket.gethostname()
-        if not 512 <= self["max-io"] <= 1048576:
-            raise usage.UsageError("--max-io must be 512..1048576")
-        if not 0 <= self["inline-write-max"] <= 1048576:
-            raise usage.UsageError("--inline-write-max must be 0..1048576")
-        if not 0 <= self["poll-us"] <= 10000:
-            raise usage.UsageError("--poll-us must be 0..10000")
-        if self["linger"] < 0:
-            raise usage.UsageError("--linger must be >= 0")
-        if self["link-timeout"] != 0 and not (
-                0.5 <= self["link-timeout"] <= 3600):
-            raise usage.UsageError("--link-timeout must be 0 (off) or "
-                                   "0.5..3600 seconds")
-        if not 0 <= self["stall-timeout"] <= 86400 * 365:
-            raise usage.UsageError("--stall-timeout must be >= 0 seconds")
-        try:
-            int(self["socket-mode"], 8)
-        except ValueError:
-            raise usage.UsageError("--socket-mode must be octal, e.g. 600")
         images = []
         for spec in self["image"]:
             path, sep, size = spec.rpartition("=")
             if not sep or not path:
-                raise usage.UsageError("--image wants PATH=SIZE, got %r" % (
+                raise usage.UsageError("--image: %r is not PATH=SIZE" % (
                     spec,))
-            images.append((path, parseSize(size)))
+            try:
+                images.append((path, parseSize(size)))
+            except usage.UsageError as e:
+                raise usage.UsageError("--image %s: %s" % (spec, e))
         self["images"] = images
         try:
             self["exports"] = validateExports(
                 parseExportSpec(s) for s in self["export"])
         except ExportSpecError as e:
-            raise usage.UsageError(str(e))
+            raise usage.UsageError("--export: %s" % (e,))
         if not self["nbd"] and not self["no-nbd"] and (
                 not self["no-import"] or self["nbd-local"]):
             self["nbd"] = [DEFAULT_NBD]
+            self.nbdIsDefault = True
         if self["nbd-local"] and not self["export"]:
             raise usage.UsageError("--nbd-local needs an --export")
         if self["no-nbd"]:
@@ -231,9 +313,7 @@ class Options(usage.Options):
         try:
             self["link-limits"] = parseLinkLimits(self["link-limit"])
         except ValueError as e:
-            raise usage.UsageError(str(e))
-        if self["nbd-handshake-timeout"] <= 0:
-            raise usage.UsageError("--nbd-handshake-timeout must be > 0")
+            raise usage.UsageError("--link-limit: %s" % (e,))
         for desc in self["connect"]:
             if isTLS(desc):
                 try:
@@ -244,8 +324,6 @@ class Options(usage.Options):
 
     def _operations(self) -> None:
         """Control socket, metrics and log format (README: Operations)."""
-        if self["log-format"] not in ("text", "json"):
-            raise usage.UsageError("--log-format must be text or json")
         if self["log-format"] == "json":
             from xdiskd.control.logs import useJSON
             useJSON(self.parent)
@@ -259,8 +337,9 @@ class Options(usage.Options):
                                            "control.sock")
         if self["control"] and len(os.fsencode(self["control"])) > 107:
             raise usage.UsageError(
-                "control socket path longer than 107 bytes: %s" % (
-                    self["control"],))
+                "%s: %s is longer than 107 bytes, the most a UNIX socket "
+                "path may have" % ("--state-dir" if self.controlIsDefault
+                                   else "--control", self["control"]))
 
     def _loadConfig(self, path: str) -> None:
         parser = configparser.ConfigParser(interpolation=None)
@@ -293,6 +372,8 @@ class Options(usage.Options):
                     coerce = params[key][4] if len(params[key]) > 4 else str
                     try:
                         self[key] = coerce(value)
+                    except usage.UsageError as e:
+                        raise usage.UsageError("config %s: %s" % (path, e))
                     except ValueError:
                         raise usage.UsageError(
                             "config %s: bad %s = %r" % (path, key, value))
@@ -319,6 +400,7 @@ def serverEndpointString(desc: str, mode: str) -> str:
 
 def ensureImages(images: List[Any]) -> None:
     """Create each (path, size) sparse image that does not exist."""
+    from twisted.logger import Logger
     for path, size in images:
         if os.path.exists(path):
             continue
@@ -327,3 +409,5 @@ def ensureImages(images: List[Any]) -> None:
             os.makedirs(d, exist_ok=True)
         with open(path, "wb") as f:
             f.truncate(size)
+        Logger().info("created sparse image {path} of {size} bytes",
+                      path=os.path.abspath(path), size=size)

@@ -7,7 +7,7 @@ listeners, all under one MultiService.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Dict, Optional
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
@@ -20,15 +20,18 @@ from xdiskd.connectors import Connectors
 from xdiskd.control.services import addOperationServices
 from xdiskd.dmsg.link import DMSGFactory
 from xdiskd.endpoints import (
-    AnnouncingEndpoint, clientEndpoint, listenerNotice, serverEndpoint,
-    withConnectTimeout)
+    AnnouncingEndpoint, checkServerEndpoint, clientEndpoint, listenerNotice,
+    serverEndpoint, unixListenPath, withConnectTimeout)
+from xdiskd.errors import StartupError
 from xdiskd.export.server import Exporter
 from xdiskd.export.store import StoreError, StorePoolService, openStore
 from xdiskd.node import Node
 from xdiskd.relay import Relay
 from xdiskd.io.malloc import tuneMalloc
 from xdiskd.io.poll import install as installReactor, setSpin
-from xdiskd.options import Options, ensureImages, serverEndpointString
+from xdiskd.startup import Listener, startListeners
+from xdiskd.options import (
+    DEFAULT_NBD, Options, ensureImages, serverEndpointString)
 from xdiskd.xa.importer import Importer
 
 __all__ = ["Options", "makeService"]
@@ -64,6 +67,28 @@ class XDiskService(MultiService):
         self.pool: Any = None
         self.inlineIO = False
         self.reloader: Any = None
+        self.listeners: Dict[Service, Listener] = {}
+        #: None: a failed start raises L{StartupError}; else called with
+        #: its one-line message (twistd -n: print it and exit 1).
+        self.onStartupError: Optional[Callable[[str], None]] = None
+
+    def addListener(self, svc: Service, listener: Listener) -> None:
+        """Add a listening service, remembering where it came from."""
+        self.listeners[svc] = listener
+        svc.setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        """
+        Listen, in order; a failure is one line naming the option and
+        value, and leaves no socket or lock file behind (startup.py).
+        """
+        Service.privilegedStartService(self)
+        try:
+            startListeners((svc, self.listeners.get(svc)) for svc in self)
+        except StartupError as e:
+            if self.onStartupError is None:
+                raise
+            self.onStartupError(str(e))
 
 
 def _notice(what: str, desc: str, tls: Any) -> Callable[[Any], None]:
@@ -73,6 +98,16 @@ def _notice(what: str, desc: str, tls: Any) -> Callable[[Any], None]:
     def announce(port: Any) -> None:
         (log.warn if warn else log.info)("{text}", text=text)
     return announce
+
+
+def _serverEndpoint(option: str, given: str,
+                    make: Callable[[], Any]) -> Any:
+    """C{make()}, with a bad description a UsageError naming both."""
+    try:
+        checkServerEndpoint(given)
+        return make()
+    except (ValueError, TypeError, KeyError) as e:
+        raise usage.UsageError("%s %s: %s" % (option, given, e))
 
 
 def makeService(options: Options, reactor: Any = None) -> XDiskService:
@@ -85,12 +120,13 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
         try:
             os.makedirs(stateDir, exist_ok=True)
         except OSError as e:
-            raise usage.UsageError("cannot create state dir %s: %s" % (
-                stateDir, e))
+            raise usage.UsageError("--state-dir %s: cannot create it: %s" % (
+                stateDir, e.strerror or e))
     try:
         ensureImages(options["images"])
     except OSError as e:
-        raise usage.UsageError("cannot create image: %s" % (e,))
+        raise usage.UsageError("--image: cannot create %s: %s" % (
+            e.filename, e.strerror or e))
 
     tuneMalloc()
     if setSpin(reactor, spinMax):
@@ -103,13 +139,13 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
     exporter = None
     if options["exports"]:
         exporter = Exporter()
-        for spec in options["exports"]:
+        for given, spec in zip(options["export"], options["exports"]):
             try:
                 store = openStore(spec, reactor, pool.pool,
                                   inline=options["inline-io"],
                                   inlineWriteMax=options["inline-write-max"])
             except StoreError as e:
-                raise usage.UsageError(str(e))
+                raise usage.UsageError("--export %s: %s" % (given, e))
             exporter.add(spec, store)
     importer = None
     if not options["no-import"]:
@@ -132,12 +168,10 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
     tls = options["tls"]
     limits = options["link-limits"]
     linkTimeout = options["link-timeout"]
-    for desc in options["listen"]:
-        desc = serverEndpointString(desc, options["socket-mode"])
-        try:
-            ep = serverEndpoint(reactor, desc, tls)
-        except (ValueError, TypeError, KeyError) as e:
-            raise usage.UsageError("bad --listen %r: %s" % (desc, e))
+    for given in options["listen"]:
+        desc = serverEndpointString(given, options["socket-mode"])
+        ep = _serverEndpoint("--listen", given, lambda: serverEndpoint(
+            reactor, desc, tls))
         svc = StreamServerEndpointService(
             AnnouncingEndpoint(ep, _notice("DMSG", desc, tls)), DMSGFactory(
                 node, "in", limits=limits, clock=reactor,
@@ -145,7 +179,8 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
                 peerCheck=tls.peerPolicy() if desc.startswith("tls:")
                 else None))
         svc._raiseSynchronously = True
-        svc.setServiceParent(top)
+        top.addListener(svc, Listener("--listen", given,
+                                      *unixListenPath(desc)))
     def connectEndpoint(desc: str) -> Any:
         """A --connect (or xdisk attach) endpoint."""
         return clientEndpoint(
@@ -167,12 +202,10 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
         registry = Registries(importer, LocalDevices(exporter))
     if registry is not None and options["nbd"]:
         from xdiskd.nbd.server import NBDServerFactory
-        for desc in options["nbd"]:
-            desc = serverEndpointString(desc, options["socket-mode"])
-            try:
-                ep = serverFromString(reactor, desc)
-            except (ValueError, TypeError, KeyError) as e:
-                raise usage.UsageError("bad --nbd %r: %s" % (desc, e))
+        for given in options["nbd"]:
+            desc = serverEndpointString(given, options["socket-mode"])
+            ep = _serverEndpoint("--nbd", given, lambda: serverFromString(
+                reactor, desc))
             svc = StreamServerEndpointService(
                 AnnouncingEndpoint(ep, _notice("NBD", desc, tls)),
                 NBDServerFactory(
@@ -181,6 +214,12 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
                     peerCheck=tls.nbdPeerPolicy(), clock=reactor,
                     handshakeTimeout=options["nbd-handshake-timeout"]))
             svc._raiseSynchronously = True
-            svc.setServiceParent(top)
+            skip = None
+            if given == DEFAULT_NBD and getattr(options, "nbdIsDefault",
+                                                False):
+                skip = ("serving no NBD: give --nbd ENDPOINT for this "
+                        "daemon's own, or --no-nbd")
+            top.addListener(svc, Listener("--nbd", given,
+                                          *unixListenPath(desc), skip=skip))
     addOperationServices(top, options, reactor)
     return top

@@ -26,7 +26,7 @@ a certificate signed by C{--nbd-tls-ca} (default C{--tls-ca}).
 from __future__ import annotations
 
 import datetime
-from typing import Any, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
 
 import attr
 from cryptography import x509
@@ -319,6 +319,15 @@ class TLSConfig:
         return self.nbdMode != "off" and bool(self.nbdAuthorities)
 
 
+def _given(option: str, path: str, load: Callable[..., Any],
+           *args: Any) -> Any:
+    """C{load(*args)}; its error names the option the file came from."""
+    try:
+        return load(*args)
+    except TLSConfigError as e:
+        raise TLSConfigError("--%s %s: %s" % (option, path, e))
+
+
 def fromOptions(options: Any, now: Optional[datetime.datetime] = None
                 ) -> TLSConfig:
     """
@@ -337,12 +346,14 @@ def fromOptions(options: Any, now: Optional[datetime.datetime] = None
                                      desc,))
     if get("tls-key") and not get("tls-cert"):
         raise TLSConfigError("--tls-key needs --tls-cert")
-    creds = (loadCredentials(options["tls-cert"], get("tls-key"), now)
+    creds = (_given("tls-cert", options["tls-cert"], loadCredentials,
+                    options["tls-cert"], get("tls-key"), now)
              if get("tls-cert") else None)
     authorities: Tuple[x509.Certificate, ...] = ()
     if get("tls-ca"):
-        authorities = tuple(loadCertificates(options["tls-ca"], "CA file",
-                                             now))
+        authorities = tuple(_given("tls-ca", options["tls-ca"],
+                                   loadCertificates, options["tls-ca"],
+                                   "CA file", now))
     clientAuth = not get("tls-no-client-auth")
     allow = tuple(get("tls-allow") or ())
     if listensTLS:
@@ -382,8 +393,9 @@ def fromOptions(options: Any, now: Optional[datetime.datetime] = None
     if get("nbd-tls-key") and not get("nbd-tls-cert"):
         raise TLSConfigError("--nbd-tls-key needs --nbd-tls-cert")
     if get("nbd-tls-cert"):
-        nbdCreds = loadCredentials(options["nbd-tls-cert"],
-                                   get("nbd-tls-key"), now)
+        nbdCreds = _given("nbd-tls-cert", options["nbd-tls-cert"],
+                          loadCredentials, options["nbd-tls-cert"],
+                          get("nbd-tls-key"), now)
     elif creds is not None:
         nbdCreds = creds
     else:
@@ -392,7 +404,8 @@ def fromOptions(options: Any, now: Optional[datetime.datetime] = None
     nbdAuthorities: Tuple[x509.Certificate, ...] = ()
     if verify:
         if get("nbd-tls-ca"):
-            nbdAuthorities = tuple(loadCertificates(
+            nbdAuthorities = tuple(_given(
+                "nbd-tls-ca", options["nbd-tls-ca"], loadCertificates,
                 options["nbd-tls-ca"], "NBD CA file", now))
         else:
             nbdAuthorities = authorities

@@ -4,7 +4,7 @@ from twisted.application.service import ServiceMaker
 
 xdiskd = ServiceMaker(
     "xdiskd",
-    "xdiskd.service",
+    "xdiskd.tap",
     "DragonFly xdisk network disks: DMSG export/import, NBD front end.",
     "xdiskd",
 )

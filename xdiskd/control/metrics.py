@@ -296,7 +296,7 @@ def metricsService(reactor: Any, desc: str, daemon: Any,
     try:
         ep = serverFromString(reactor, desc)
     except (ValueError, TypeError, KeyError) as e:
-        raise ValueError("bad --metrics %r: %s" % (desc, e))
+        raise ValueError(str(e))
     svc = StreamServerEndpointService(AnnouncingEndpoint(ep, _announce),
                                       QuietSite(MetricsResource(daemon)))
     svc._raiseSynchronously = True

@@ -16,6 +16,9 @@ from xdiskd.control.api import ControlAPI
 from xdiskd.control.metrics import metricsService
 from xdiskd.control.reload import ReloadService
 from xdiskd.control.server import controlService
+from xdiskd.endpoints import (
+    AnnouncingEndpoint, checkServerEndpoint, unixListenPath)
+from xdiskd.startup import Listener
 
 log = Logger()
 
@@ -35,7 +38,7 @@ def _controlDirReady(path: str, explicit: bool) -> bool:
     except OSError as e:
         why = e.strerror or str(e)
     if explicit:
-        raise usage.UsageError("cannot create control socket %s: %s: %s" % (
+        raise usage.UsageError("--control %s: cannot create %s: %s" % (
             path, directory, why))
     log.warn("no control socket: {directory} is {why} (give --state-dir, "
              "--control or --no-control)", directory=directory, why=why)
@@ -55,14 +58,25 @@ def addOperationServices(top: Any, options: Any, reactor: Any) -> None:
         reloader.setServiceParent(top)
     top.reloader = reloader
     path = options["control"]
-    if path and _controlDirReady(
-            path, not getattr(options, "controlIsDefault", False)):
+    default = getattr(options, "controlIsDefault", False)
+    if path and _controlDirReady(path, not default):
         api = ControlAPI(top, reload=reloader.reload if reloader else None)
-        controlService(reactor, path, api).setServiceParent(top)
-        log.info("control socket {path}", path=path)
+        svc = controlService(reactor, path, api)
+        svc.endpoint = AnnouncingEndpoint(
+            svc.endpoint, lambda port: log.info("control socket {path}",
+                                                path=path))
+        # A second daemon with the default state dir finds the default
+        # socket taken: it runs without one and says what to set.
+        skip = ("starting without a control socket: give --state-dir DIR "
+                "or --control PATH for this daemon's own, or --no-control"
+                if default else None)
+        top.addListener(svc, Listener("--control", path, path, True, skip))
     if options["metrics"]:
+        desc = options["metrics"]
         try:
-            svc = metricsService(reactor, options["metrics"], top)
+            checkServerEndpoint(desc)
+            svc = metricsService(reactor, desc, top)
         except ValueError as e:
-            raise usage.UsageError(str(e))
-        svc.setServiceParent(top)
+            raise usage.UsageError("--metrics %s: %s" % (desc, e))
+        top.addListener(svc, Listener("--metrics", desc,
+                                      *unixListenPath(desc)))

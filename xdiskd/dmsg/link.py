@@ -20,6 +20,13 @@ lost, every transaction stacked under it is failed locally with a
 simulated LNK_ERROR|DELETE carrying LOSTLINK, through its own handler,
 deepest first; anything sent on a failed ("dying") transaction is dropped,
 so nothing about the children goes on the wire (§6.8, §7.4).
+
+Failed children of a transaction that I{we} closed first stay in their
+tables ("late"): the peer has not heard of the close yet and may still
+answer them (an importer closing a unit with reads in flight gets the
+exporter's replies).  What arrives on a late transaction is dropped
+silently and counted in C{lateMessages}, not as a violation; the entry
+goes once the peer closes it or the ancestor, or the link is lost.
 """
 
 from __future__ import annotations
@@ -109,6 +116,7 @@ class DMSGLink(Protocol):
         self.ready = False
         self.connected = False
         self.violations = 0
+        self.lateMessages = 0
         self.io = LinkIO()
         self._writeFull = False
         self.messagesIn = 0
@@ -447,8 +455,13 @@ class DMSGLink(Protocol):
                 parent = self.root
             else:
                 p = (self.tx if cmd & C.REVCIRC else self.rx).get(circuit)
+                if p is not None and not p.rxDelete and (
+                        p.txDelete or p.late):
+                    # §6.8: raced our close of the parent; the peer
+                    # fails it on its side when the close arrives.
+                    self.lateMessages += 1
+                    return
                 if p is None or not p.isOpen:
-                    # §6.8: late message under a parent that is gone.
                     return self._violation("no open parent", msg)
                 parent = p
             limits = self.limits
@@ -489,6 +502,8 @@ class DMSGLink(Protocol):
                 return  # §6.7: raced the close, discard silently
             return self._violation("unknown transaction", msg)
         txn = found
+        if txn.late:
+            return self._lateMessage(txn, msg)
         if msg.circuit != txn.circuit:
             return self._violation("circuit mismatch", msg)
         if cmd & C.CREATE:
@@ -508,6 +523,15 @@ class DMSGLink(Protocol):
                     self._abort(child, C.ERR_LOSTLINK)
         self._dispatch(txn, msg)
         self._maybeGone(txn)
+
+    def _lateMessage(self, txn: Transaction, msg: Message) -> None:
+        """
+        The peer still talks on a transaction failed here when we closed
+        an ancestor: drop it; its DELETE ends the wait for its subtree.
+        """
+        self.lateMessages += 1
+        if msg.cmd & C.DELETE:
+            self._release(txn)
 
     def _dispatch(self, txn: Transaction, msg: Message) -> None:
         handler = txn.handler
@@ -614,8 +638,11 @@ class DMSGLink(Protocol):
             self._write(Message(cmd, txn.msgid, txn.circuit, error, ext,
                                 aux))
         if delete:
+            # The peer may still answer the children until it has seen
+            # this DELETE (unless it closed txn first): keep them late.
+            late = not txn.rxDelete
             for child in list(txn.children):
-                self._abort(child, C.ERR_LOSTLINK)
+                self._abort(child, C.ERR_LOSTLINK, late)
             self._maybeGone(txn)
 
     def answer(self, parent: Transaction, msg: Message, error: int = 0,
@@ -645,13 +672,17 @@ class DMSGLink(Protocol):
     # ---------------------------------------------------------------
     # Teardown
 
-    def _abort(self, txn: Transaction, error: int) -> None:
+    def _abort(self, txn: Transaction, error: int,
+               late: bool = False) -> None:
         """
         Fail C{txn} and its subtree locally (§6.8): a simulated
         LNK_ERROR|DELETE through each handler; nothing is transmitted.
+        With C{late}, members the peer has not closed stay in their
+        tables as late transactions (see the module docstring); without
+        it, late ones failed before are released.
         """
         self._markDying(txn)
-        self._failTree(txn, error)
+        self._failTree(txn, error, late)
 
     def _markDying(self, txn: Transaction) -> None:
         # First mark the whole subtree, so no handler can stack new work
@@ -661,11 +692,17 @@ class DMSGLink(Protocol):
         for child in txn.children:
             self._markDying(child)
 
-    def _failTree(self, txn: Transaction, error: int) -> None:
+    def _failTree(self, txn: Transaction, error: int, late: bool) -> None:
         for child in list(txn.children):
-            self._failTree(child, error)
+            self._failTree(child, error, late)
         if txn.closed:
             return
+        if txn.late:
+            # Failed before, when an ancestor was closed.
+            if not late:
+                self._release(txn)
+            return
+        keep = late and not txn.rxDelete
         if not txn.rxDelete:
             cmd = C.LNK_ERROR | C.DELETE
             if not txn.rxCreate:
@@ -673,7 +710,8 @@ class DMSGLink(Protocol):
                 txn.rxCreate = True
             if txn.ours:
                 cmd |= C.REPLY
-            txn.rxDelete = True
+            # One kept late is closed for the layers above only.
+            txn.rxDelete = not keep
             try:
                 self._dispatch(txn, Message(cmd, txn.msgid, txn.circuit,
                                             error))
@@ -681,6 +719,18 @@ class DMSGLink(Protocol):
                 self.log.failure("{link}: error failing {txn}",
                                  link=self.name, txn=txn)
         txn.txDelete = True
+        if keep:
+            # Only the table entry waits: let go of the layers above.
+            txn.late = True
+            txn.handler = txn.onChild = txn.onOneShot = None
+            txn.data = None
+        self._maybeGone(txn)
+
+    def _release(self, txn: Transaction) -> None:
+        """The peer closed late C{txn}: it and its subtree are gone."""
+        for child in list(txn.children):
+            self._release(child)
+        txn.rxDelete = txn.txDelete = True
         self._maybeGone(txn)
 
     def _maybeGone(self, txn: Transaction) -> None:
@@ -744,6 +794,8 @@ class DMSGFactory(Factory):
     L{xdiskd.interfaces.ILinkReceiver}).  Used for listeners and, through
     ClientService, for outbound links alike.
     """
+
+    noisy = False   # no "Starting factory <...object at 0x...>" lines
 
     def __init__(self, receiver: Any, name: str = "",
                  verifyCRC: bool = True, verifySalt: bool = True,

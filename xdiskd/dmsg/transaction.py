@@ -69,6 +69,11 @@ class Transaction(Generic[LinkT]):
     @ivar icmd: the original command, C{cmd & 0x00FFFFFF} of the CREATE.
     @ivar ours: True if this side created it (we are the initiator).
     @ivar dying: failed locally; messages sent on it are dropped.
+    @ivar late: failed locally because this side closed an ancestor
+        while the peer still had it open: it stays in its table, and
+        what the peer still sends on it is dropped silently, until the
+        peer closes it or that ancestor (spec §6.4: a transaction lives
+        until DELETE went both ways).
     @ivar data: free for the layer that owns the transaction.
     @ivar peerChildren: how many of C{children} the peer created.
     @ivar onOneShot: see L{DMSGLink.answer}.
@@ -76,7 +81,8 @@ class Transaction(Generic[LinkT]):
 
     __slots__ = ("link", "msgid", "parent", "icmd", "ours", "txCreate",
                  "txDelete", "rxCreate", "rxDelete", "children", "handler",
-                 "onChild", "onOneShot", "dying", "data", "peerChildren",
+                 "onChild", "onOneShot", "dying", "late", "data",
+                 "peerChildren",
                  "_closedWaiters")
 
     def __init__(self, link: LinkT, msgid: int,
@@ -100,16 +106,21 @@ class Transaction(Generic[LinkT]):
         self.onOneShot: Optional[Callable[["Transaction[LinkT]", Message], bool]
                                  ] = None
         self.dying = False
+        self.late = False
         self.data: Any = None
         self.peerChildren = 0
         self._closedWaiters: Optional[List[Deferred]] = None
 
     def __repr__(self) -> str:
-        return "<Transaction %s %s msgid=%#x %s%s%s%s%s>" % (
+        return "<Transaction %s %s msgid=%#x %s%s%s%s%s%s>" % (
             C.cmdName(self.icmd), "ours" if self.ours else "theirs",
             self.msgid, "tC" if self.txCreate else "",
             "tD" if self.txDelete else "", "rC" if self.rxCreate else "",
-            "rD" if self.rxDelete else "", " dying" if self.dying else "")
+            "rD" if self.rxDelete else "", " dying" if self.dying else "",
+            " late" if self.late else "")
+
+    def __str__(self) -> str:
+        return repr(self)[1:-1]
 
     @property
     def isOpen(self) -> bool:

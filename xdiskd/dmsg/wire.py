@@ -310,6 +310,12 @@ class Message:
             C.cmdName(self.cmd), self.msgid, self.circuit, self.error,
             None if self.aux is None else len(self.aux))
 
+    def __str__(self) -> str:
+        """For log lines: the header fields, and how many payload bytes."""
+        return "%s msgid=%#x circuit=%#x error=%#x%s" % (
+            C.cmdName(self.cmd), self.msgid, self.circuit, self.error,
+            "" if self.aux is None else " with %d bytes" % (len(self.aux),))
+
     def __eq__(self, other: Any) -> bool:
         if not isinstance(other, Message):
             return NotImplemented

@@ -33,6 +33,10 @@ MAX_LABEL_BYTES = 127
 #: Largest block size an export may declare.
 MAX_BLKSIZE = 65536
 
+#: Smallest block size an export may declare: a disk sector (the seed
+#: takes anything, but no disk or NBD client expects less).
+MIN_BLKSIZE = 512
+
 #: Block size used when the spec does not name one.
 DEFAULT_BLKSIZE = 512
 
@@ -86,6 +90,10 @@ def _checkBlksize(blksize: int, text: str) -> None:
     if blksize > MAX_BLKSIZE:
         raise ExportSpecError(
             f"blksize {blksize} is larger than {MAX_BLKSIZE} in export {text!r}"
+        )
+    if blksize < MIN_BLKSIZE:
+        raise ExportSpecError(
+            f"blksize {blksize} is smaller than {MIN_BLKSIZE} in export {text!r}"
         )
 
 

@@ -489,6 +489,7 @@ class NBDServerFactory(Factory):
     """
 
     protocol = NBDServerProtocol
+    noisy = False   # no "Starting factory <...object at 0x...>" lines
 
     def __init__(self, registry: Any,
                  tlsRequired: bool = False,

@@ -723,6 +723,11 @@ class XAUnit:
             self._chunkFailed(chunk, NoPathError(
                 "%s: probe %s failed: error %#x" % (
                     self.name, _opName(chunk.cmd), error)))
+        elif self.opencnt == 0:
+            # The last close took it (its BLK_OPEN went): re-queue only
+            # while the unit is open, as the seed does.
+            self._chunkFailed(chunk, NotOpenError("%s closed" % (
+                self.name,)))
         else:
             # Re-queue: device open, error is not DMSG_ERR_IO.
             self._requeue(chunk, error)
