@@ -157,7 +157,7 @@ class Options(usage.Options):
         self["nbd-tls-allow"].append(name)
 
     def opt_link_limit(self, spec: str) -> None:
-        """NAME=VALUE: a per-link DMSG limit (repeatable): buffered, transactions, children, inflight (bytes/counts), handshake, stall (seconds)."""  # noqa
+        """NAME=VALUE: a per-link DMSG limit (repeatable): buffered, transactions, children, units, inflight (bytes/counts), handshake, stall (seconds)."""  # noqa
         self["link-limit"].append(spec)
 
     def parseArgs(self, *args: str) -> None:

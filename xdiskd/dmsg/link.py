@@ -38,6 +38,7 @@ from zope.interface import implementer
 
 from xdiskd.dmsg import constants as C
 from xdiskd.dmsg.limits import DEFAULT_LIMITS, LinkLimits, Watchdog
+from xdiskd.labels import show
 from xdiskd.tuning import (
     Sender, beginBatch, endBatch, leanReader, tuneTransport)
 from xdiskd.dmsg.wire import (
@@ -203,11 +204,11 @@ class DMSGLink(Protocol):
         why = check(self.transport) if check is not None else None
         if why is not None:
             self.log.warn("{link}: refusing TLS peer: {why}",
-                          link=self.name, why=why)
+                          link=self.name, why=show(str(why)))
             self._abortTransport()
         else:
             self.log.info("{link}: TLS up, peer {subject}", link=self.name,
-                          subject=_peerSubject(self.transport))
+                          subject=show(_peerSubject(self.transport)))
             self.transport.registerProducer(self, True)  # type: ignore
 
     # ---------------------------------------------------------------
@@ -478,10 +479,10 @@ class DMSGLink(Protocol):
                 txn.result(0)
             self.log.info(
                 "{link}: peer LNK_CONN type={ptype} mask={mask:#x} "
-                "label={label!r}", link=self.name,
+                "label={label}", link=self.name,
                 ptype=getattr(msg.ext, "peer_type", None),
                 mask=getattr(msg.ext, "peer_mask", 0),
-                label=getattr(msg.ext, "peer_label", ""))
+                label=show(getattr(msg.ext, "peer_label", b"")))
             return True
         return self.receiver.transactionReceived(txn, msg)
 

@@ -49,6 +49,7 @@ from xdiskd.errors import (
     MediaError, NoPathError, NotOpenError, OutOfRangeError, ReadOnlyError,
     UnitGoneError)
 from xdiskd.interfaces import Done, ICallbackBlockDevice
+from xdiskd.labels import show
 from xdiskd.xa.request import Chunk, Request
 from xdiskd.xa.stats import UnitStats
 
@@ -79,14 +80,17 @@ class XAUnit:
     """
     One remote disk (see the module docstring for the state machine).
 
+    @ivar serial: the span's pfs_label, bytes (its identity).
+    @ivar label: C{serial} as shown in NBD, logs, control and metrics
+        (L{xdiskd.labels.show}).
     @ivar spans: the span transactions for this label, arrival order.
     @ivar openTxn: our BLK_OPEN transaction (the seed's open_tag).
     """
 
     log = Logger()
 
-    def __init__(self, importer: Any, number: int, serial: str,
-                 peerLabel: str, size: int, sectorSize: int,
+    def __init__(self, importer: Any, number: int, serial: bytes,
+                 peerLabel: bytes, size: int, sectorSize: int,
                  maxIO: int = DEFAULT_MAX_IO, maxTags: int = MAXTAGS,
                  readOnly: bool = False) -> None:
         self.importer = importer
@@ -94,13 +98,19 @@ class XAUnit:
         self.number = number
         self.name = "xa%d" % (number,)
         self.serial = serial
+        self.label = show(serial)
         self.peerLabel = peerLabel
+        self.createdBy: Any = None
         self.size = size
         self.sectorSize = sectorSize or 1
         self.maxIOCap = maxIO
         self.maxIO = maxIO
         self.maxTags = maxTags
+        # Configured read-only (--import-ro), or the exporter refused a
+        # write open (then until the unit is next opened from closed).
+        self.configuredReadOnly = readOnly
         self.readOnly = readOnly
+        self._openModes = 0
         self.spans: List[Transaction] = []
         self._spanIO: Dict[Transaction, int] = {}
         self._openIO = maxIO
@@ -125,8 +135,8 @@ class XAUnit:
         self._stalledSince: Optional[float] = None
 
     def __repr__(self) -> str:
-        return "<XAUnit %s serial=%r %s opencnt=%d spans=%d q=%d f=%d>" % (
-            self.name, self.serial, self.state, self.opencnt,
+        return "<XAUnit %s serial=%s %s opencnt=%d spans=%d q=%d f=%d>" % (
+            self.name, self.label, self.state, self.opencnt,
             len(self.spans), len(self.queue), len(self.inflight))
 
     @property
@@ -201,6 +211,9 @@ class XAUnit:
         d: Deferred = Deferred()
         self._openWaiters.append(d)
         if self.state in (CLOSED, CLOSING):
+            # A first open asks for write access again (unless configured
+            # read-only): the export may have changed since.
+            self.readOnly = self.configuredReadOnly
             if self.state == CLOSING:
                 # Re-open while the old open drains: it is forgotten; a
                 # new BLK_OPEN goes out now.
@@ -247,7 +260,7 @@ class XAUnit:
                 self.opencnt -= len(self._openWaiters)
                 self._setState(CLOSED)
                 self._fireOpen(NoPathError(
-                    "%s (%s) has no live path" % (self.name, self.serial)))
+                    "%s (%s) has no live path" % (self.name, self.label)))
                 self.importer._check(self)
             else:
                 self._stall()
@@ -260,6 +273,7 @@ class XAUnit:
         except LinkError:
             self._stall()
             return
+        self._openModes = modes
         self.openTxn = txn
         self._openIO = self._spanIO.get(span, self.maxIO)
         self._setState(OPENING)
@@ -275,6 +289,19 @@ class XAUnit:
                               link=txn.link.name)
                 self._fireOpen(None)
                 self._kick()
+            elif msg.error == C.ERR_IO and self._openModes & C.BLKOPEN_WR:
+                # A read-only export refuses write opens with 0x22 (as
+                # DragonFly's dev_dopen failure does): open read-only and
+                # say so to NBD (the READ_ONLY flag of every new client).
+                self.log.warn("{unit}: {link} refuses write access to "
+                              "{serial}; opening it read-only",
+                              unit=self.name, link=txn.link.name,
+                              serial=self.label)
+                self.openTxn = None
+                txn.reply(0)
+                self.readOnly = True
+                self._startOpen()
+                return
             else:
                 self.log.warn("{unit}: BLK_OPEN via {link} refused: "
                               "{e:#x}", unit=self.name,
@@ -323,7 +350,7 @@ class XAUnit:
             self._setState(CLOSED)
             self._fireOpen(NoPathError(
                 "%s (%s): BLK_OPEN failed with error %#x" % (
-                    self.name, self.serial, error)))
+                    self.name, self.label, error)))
             self._failQueued(NotOpenError("%s not open" % (self.name,)))
             self.importer._check(self)
         else:
@@ -475,7 +502,7 @@ class XAUnit:
                     queue.popleft()
                     self._chunkFailed(chunk, NoPathError(
                         "%s (%s): no live path for probe I/O" % (
-                            self.name, self.serial)))
+                            self.name, self.label)))
                     continue
                 limit = self._spanIO.get(parent, self.maxIO)
             elif self.state == OPEN and self.openTxn.isOpen:  # type: ignore
@@ -636,7 +663,7 @@ class XAUnit:
 
     def snapshot(self) -> Dict[str, Any]:
         """State and counters, for the control API and metrics."""
-        return dict(name=self.name, serial=self.serial, size=self.size,
+        return dict(name=self.name, serial=self.label, size=self.size,
                     sectorSize=self.sectorSize, state=self.state,
                     opencnt=self.opencnt, paths=self.paths,
                     spans=len(self.spans), queued=len(self.queue),
