@@ -18,7 +18,10 @@ an ANSI escape, and it names the bytes unambiguously: L{parse} gives them
 back (an operator may type the shown form of a serial).
 
 Peer strings that are already C{str} (NBD export names from a client,
-TLS subjects, exception texts quoting them) go through L{show} too.
+TLS subjects) go through L{show} too.  Free text of our own that may
+quote shown labels (exception messages) goes through L{clean}: the same
+escapes but for the backslash, so a shown label in it is not escaped
+twice.
 """
 
 from __future__ import annotations
@@ -30,12 +33,12 @@ from typing import Union
 LABEL_KEEP = 63
 
 
-def _escapeChar(ch: str) -> str:
+def _escapeChar(ch: str, backslash: str = "\\\\") -> str:
     n = ord(ch)
     if 0xDC80 <= n <= 0xDCFF:          # an undecodable byte (surrogateescape)
         return "\\x%02x" % (n - 0xDC00,)
     if ch == "\\":
-        return "\\\\"
+        return backslash
     if ch.isprintable():
         return ch
     if n < 0x80:
@@ -62,6 +65,16 @@ def show(value: Union[bytes, str]) -> str:
     if _PLAIN.match(text):
         return text
     return "".join(_escapeChar(ch) for ch in text)
+
+
+def clean(text: str) -> str:
+    """
+    Free text made printable: L{show}'s escapes, but a backslash stays
+    one (the text may quote labels already shown).  Not reversible.
+    """
+    if _PLAIN.match(text):
+        return text
+    return "".join(_escapeChar(ch, "\\") for ch in text)
 
 
 _ESCAPE = re.compile(r"\\(x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8}|\\)")

@@ -38,7 +38,7 @@ from zope.interface import implementer
 
 from xdiskd.dmsg import constants as C
 from xdiskd.dmsg.limits import DEFAULT_LIMITS, LinkLimits, Watchdog
-from xdiskd.labels import show
+from xdiskd.labels import clean, show
 from xdiskd.tuning import (
     Sender, beginBatch, endBatch, leanReader, tuneTransport)
 from xdiskd.dmsg.wire import (
@@ -204,7 +204,7 @@ class DMSGLink(Protocol):
         why = check(self.transport) if check is not None else None
         if why is not None:
             self.log.warn("{link}: refusing TLS peer: {why}",
-                          link=self.name, why=show(str(why)))
+                          link=self.name, why=clean(str(why)))
             self._abortTransport()
         else:
             self.log.info("{link}: TLS up, peer {subject}", link=self.name,

@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 
 from xdiskd import errors
 from xdiskd.interfaces import ICallbackBlockDevice
-from xdiskd.labels import show
+from xdiskd.labels import clean
 from xdiskd.nbd import wire
 from xdiskd.nbd.options import Export
 
@@ -291,10 +291,10 @@ class Transmission:
             return None
         if f.check(Refused):
             return self.errorReply(req.cookie, f.value.errno,
-                                   show(str(f.value)))
+                                   clean(str(f.value)))
         for cls, errno in ERRNO_MAP:
             if f.check(cls):
-                return self.errorReply(req.cookie, errno, show(str(f.value)))
+                return self.errorReply(req.cookie, errno, clean(str(f.value)))
         self.unexpected(f)
         return self.errorReply(req.cookie, wire.EIO, "internal error")
 

@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from xdiskd.labels import show
+from xdiskd.labels import clean, show
 from xdiskd.nbd import wire
 
 log = Logger(namespace="xdiskd.nbd.options")
@@ -300,7 +300,7 @@ class Negotiator:
                             TRANSMIT, self._export(device, agreed, sameMeta))
 
         def failed(f: Failure) -> Decision:
-            error = show(str(f.value))
+            error = clean(str(f.value))
             log.info("NBD GO {name}: open failed: {error}",
                      name=show(device.name), error=error)
             return self._error(option, wire.REP_ERR_UNKNOWN,
@@ -329,7 +329,7 @@ class Negotiator:
 
         def failed(f: Failure) -> Decision:
             log.info("NBD EXPORT_NAME {name}: open failed: {error}",
-                     name=show(device.name), error=show(str(f.value)))
+                     name=show(device.name), error=clean(str(f.value)))
             return Decision([], CLOSE)
 
         return self._open(device).addCallbacks(opened, failed)

@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from xdiskd.labels import show
+from xdiskd.labels import clean
 from xdiskd.nbd import wire
 from xdiskd.nbd.commands import NOT_DIRECT, SectorLocks, Transmission
 from xdiskd.nbd.options import (CLOSE, STARTTLS, TRANSMIT, Decision, Export,
@@ -239,7 +239,7 @@ class NBDServerProtocol(Protocol):
 
     def _protocolError(self, error: wire.NBDProtocolError) -> None:
         log.warn("NBD client {peer} broke the protocol: {error}; closing",
-                 peer=_peer(self.transport), error=show(str(error)))
+                 peer=_peer(self.transport), error=clean(str(error)))
         self._close()
 
     def _clientFlags(self, flags: wire.ClientFlags) -> None:
@@ -305,7 +305,7 @@ class NBDServerProtocol(Protocol):
         why = check(self.transport) if check is not None else None
         if why is not None:
             log.warn("NBD client {peer}: refusing TLS client: {why}",
-                     peer=_peer(self.transport), why=show(str(why)))
+                     peer=_peer(self.transport), why=clean(str(why)))
             self._abort()
 
     def _handshakeDue(self) -> None:
