@@ -116,6 +116,10 @@ class Options(usage.Options):
          "[default: --tls-ca]."],
         ["nbd-handshake-timeout", None, 30.0,
          "Seconds an NBD client may take to reach transmission.", float],
+        ["nbd-memory", None, "256M",
+         "Request and reply bytes all NBD clients together may make the "
+         "daemon hold (e.g. 256M); past it, the clients holding most are "
+         "not read from until they take their replies."],
     ]
 
     def __init__(self) -> None:
@@ -218,6 +222,7 @@ class Options(usage.Options):
             raise usage.UsageError(str(e))
         if self["nbd-handshake-timeout"] <= 0:
             raise usage.UsageError("--nbd-handshake-timeout must be > 0")
+        self["nbd-memory"] = _nbdMemory(self["nbd-memory"])
         for desc in self["connect"]:
             if isTLS(desc):
                 try:
@@ -311,3 +316,18 @@ def ensureImages(images: List[Any]) -> None:
             os.makedirs(d, exist_ok=True)
         with open(path, "wb") as f:
             f.truncate(size)
+
+
+def _nbdMemory(value: Any) -> int:
+    """--nbd-memory: a size such as 256M, at least the budget's minimum."""
+    from xdiskd.dmsg.limits import _size
+    from xdiskd.nbd.budget import MIN_BUDGET
+    try:
+        size = value if isinstance(value, int) else _size(str(value))
+    except ValueError:
+        raise usage.UsageError(
+            "--nbd-memory: %r is not a size (e.g. 256M)" % (value,))
+    if size < MIN_BUDGET:
+        raise usage.UsageError("--nbd-memory: %r is below %d bytes" % (
+            value, MIN_BUDGET))
+    return size

@@ -62,6 +62,7 @@ class XDiskService(MultiService):
         self.pool: Any = None
         self.inlineIO = False
         self.reloader: Any = None
+        self.nbdBudget: Any = None      # shared by the NBD listeners
 
 
 def _notice(what: str, desc: str, tls: Any) -> Callable[[Any], None]:
@@ -152,7 +153,10 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
         from xdiskd.export.local import LocalDevices, Registries
         registry = Registries(importer, LocalDevices(exporter))
     if registry is not None and options["nbd"]:
+        from xdiskd.nbd.budget import MemoryBudget
         from xdiskd.nbd.server import NBDServerFactory
+        # One budget for every NBD listener (issue 18 item 4).
+        top.nbdBudget = MemoryBudget(options["nbd-memory"])
         for desc in options["nbd"]:
             desc = serverEndpointString(desc, options["socket-mode"])
             try:
@@ -165,7 +169,8 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
                     registry, tlsRequired=tls.nbdMode == "require",
                     tlsContextFactory=tls.nbdContextFactory(),
                     peerCheck=tls.nbdPeerPolicy(), clock=reactor,
-                    handshakeTimeout=options["nbd-handshake-timeout"]))
+                    handshakeTimeout=options["nbd-handshake-timeout"],
+                    budget=top.nbdBudget))
             svc._raiseSynchronously = True
             svc.setServiceParent(top)
     addOperationServices(top, options, reactor)

@@ -233,7 +233,21 @@ def render(daemon: Any) -> str:
     _units(r, node.importer)
     _links(r, node, getattr(daemon, "connectors", None))
     _exports(r, node.exporter)
+    _nbd(r, getattr(daemon, "nbdBudget", None))
     return r.render()
+
+
+def _nbd(r: Registry, budget: Any) -> None:
+    if budget is None:
+        return
+    r.gauge("xdiskd_nbd_memory_held_bytes", "Request and reply bytes held "
+            "for NBD clients (all connections).", {}, budget.held)
+    r.gauge("xdiskd_nbd_memory_budget_bytes", "The --nbd-memory budget.",
+            {}, budget.limit)
+    r.gauge("xdiskd_nbd_memory_paused_connections", "NBD connections not "
+            "read from because of the budget.", {}, budget.paused)
+    r.counter("xdiskd_nbd_memory_pauses_total", "Times an NBD connection "
+              "was paused for the budget.", {}, budget.pauses)
 
 
 class MetricsResource(Resource):
