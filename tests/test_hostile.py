@@ -165,6 +165,20 @@ class LabelTests(Base):
             printable(self, line)
 
 
+class NameTests(Base):
+    def test_serialCannotTakeAName(self):
+        """
+        A span whose serial is another unit's name (C{xa1}) makes its
+        own unit (xa0); NBD and the control API still find xa1 by that
+        name, not the impostor.
+        """
+        self.span(b"xa1")
+        self.span(b"serno/A")
+        self.assertEqual(self.importer.lookup("xa1").serial, b"serno/A")
+        self.assertEqual(self.importer.lookup("xa0").serial, b"xa1")
+        self.assertIsNone(self.importer.lookup("xa2"))
+
+
 class SpanCheckTests(Base):
     def test_mismatchedSpanRefused(self):
         """

@@ -67,6 +67,7 @@ class Importer:
         self.readOnly = set(readOnly)
         self._readOnlyKeys = {unitKey(parse(s)) for s in self.readOnly}
         self.units: Dict[bytes, XAUnit] = {}
+        self._byName: Dict[str, XAUnit] = {}
         self.refused: Dict[str, int] = {"mismatch": 0, "units": 0}
         self._lingers: Dict[XAUnit, Any] = {}
         self._spanUnits: Dict[Transaction, XAUnit] = {}
@@ -81,13 +82,18 @@ class Importer:
     # IBlockDeviceRegistry
 
     def lookup(self, name: str) -> Optional[XAUnit]:
-        """A unit by name (C{xa1}) or serial (its shown form, or UTF-8)."""
-        unit = self.units.get(unitKey(parse(name)))
-        if unit is not None and parse(name) == unit.serial:
+        """
+        A unit by name (C{xa1}) or serial (its shown form, or UTF-8).
+        Names come first: a peer's span with serial C{xa0} does not
+        take over the name of another peer's unit xa0.
+        """
+        unit = self._byName.get(name)
+        if unit is not None:
             return unit
-        for unit in self.units.values():
-            if unit.name == name:
-                return unit
+        serial = parse(name)
+        unit = self.units.get(unitKey(serial))
+        if unit is not None and serial == unit.serial:
+            return unit
         return None
 
     def devices(self) -> List[XAUnit]:
@@ -174,6 +180,7 @@ class Importer:
         unit.createdBy = link
         self._created[link] = self._created.get(link, 0) + 1
         self.units[key] = unit
+        self._byName[unit.name] = unit
         self.log.info("{unit}: new unit serial={serial} size={size} "
                       "sector={sector}", unit=unit.name, serial=unit.label,
                       size=unit.size, sector=unit.sectorSize)
@@ -198,6 +205,7 @@ class Importer:
         if not unit.idle or unit.gone:
             return
         self.units.pop(unit.serial, None)
+        self._byName.pop(unit.name, None)
         heapq.heappush(self._freeNumbers, unit.number)
         link = unit.createdBy
         if link in self._created:
