@@ -113,8 +113,10 @@ def _checkNames(registry):
     from xdiskd.nbd.options import Negotiator
     for reply in Negotiator(registry).handleOption(wire.OPT_LIST,
                                                    b"").replies[:-1]:
-        text = reply[20:].decode("utf-8")   # raises on invalid UTF-8
-        assert text[4:].isprintable(), text
+        n = int.from_bytes(reply[20:24], "big")
+        for raw in (reply[24:24 + n], reply[24 + n:]):
+            text = raw.decode("utf-8")       # raises on invalid UTF-8
+            assert text.isprintable(), text
 
 
 class NBDTarget:

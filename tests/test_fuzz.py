@@ -125,12 +125,17 @@ refs = st.one_of(st.just(0), st.just("span"), st.just("last"),
 parents = st.one_of(st.just("span"), st.just("span"), st.just("last"),
                     refs)
 
+def _lnkSpan(*args, **kw):
+    """LnkSpan without hypothesis drawing its other (typed) fields."""
+    return LnkSpan(*args, **kw)
+
+
 exts = st.one_of(
     st.just("auto"), st.just("auto"), st.none(),
     st.builds(BlkIO, near(SIZE), near(SIZE), u64.map(lambda v: v % 2 ** 64),
               st.integers(0, 2 ** 32 - 1)),
     st.builds(BlkOpen, st.integers(0, 2 ** 32 - 1)),
-    st.builds(LnkSpan, st.integers(0, 255), near(SIZE),
+    st.builds(_lnkSpan, st.integers(0, 255), near(SIZE),
               st.sampled_from([0, 1, 512, 4096, 2 ** 32 - 1]),
               st.sampled_from([b"", b"h/d", b"x" * 127] + HOSTILE_LABELS),
               st.sampled_from([b"", b"serno/F", b"serno/RO", b"y" * 127]
@@ -162,7 +167,23 @@ ioMessage = st.fixed_dictionaries({
     "ext": st.one_of(st.just("auto"), st.just("auto"), exts), "aux": auxes,
     "mutate": mutations,
 })
-messages = st.one_of(anyMessage, anyMessage, ioMessage)
+# Well-formed top-level spans with hostile labels (issue 18): not UTF-8,
+# control characters, a serial of the node's own exports, sizes and
+# maximum I/O a real disk would not state.
+spanMessage = st.fixed_dictionaries({
+    "cmd": st.just(C.LNK_SPAN), "flags": st.just(C.CREATE),
+    "msgid": st.integers(1 << 21, 1 << 22), "circuit": st.just(0),
+    "error": st.just(0),
+    "ext": st.builds(
+        _lnkSpan, st.just(C.PEER_BLOCK),
+        st.sampled_from([SIZE, 2 ** 63, 0, 512]),
+        st.sampled_from([512, 4096, 1, 0]),
+        st.sampled_from(HOSTILE_LABELS + [b"fuzz/h"]),
+        st.sampled_from(HOSTILE_LABELS + [b"serno/F", b"xa0"]),
+        media_maxio=st.sampled_from([0, 1, 512, C.AUX_MAX])),
+    "aux": st.none(), "mutate": st.just([]),
+})
+messages = st.one_of(anyMessage, anyMessage, ioMessage, spanMessage)
 
 
 def fixFrame(frame, salt):
@@ -338,6 +359,18 @@ class DMSGFuzzTests(SynchronousTestCase):
            st.sampled_from([1, 7, 64, 1000, 1 << 20]))
     def test_frames(self, ops, handshake, chunk):
         self.drive(ops, handshake or len(ops) > 30, chunk)
+
+    @cases(100)
+    @given(st.lists(st.one_of(spanMessage, spanMessage, ioMessage),
+                    min_size=1, max_size=12),
+           st.sampled_from([7, 64, 4096]))
+    def test_hostileSpans(self, ops, chunk):
+        """
+        Issue 18: spans with non-UTF-8 and control-character labels,
+        absurd sizes and maximum I/O, mixed with I/O: NBD names stay
+        printable UTF-8 and the healthy link works (checked in drive).
+        """
+        self.drive(ops, True, chunk)
 
     @cases(200)
     @given(st.lists(st.tuples(

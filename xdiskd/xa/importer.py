@@ -39,8 +39,6 @@ MIN_PATH_IO = 64 * 1024
 _LOG_FIRST = 10
 _LOG_EVERY = 1000
 
-__all__ = ["Importer", "unitKey", "DEFAULT_LINGER", "MIN_PATH_IO"]
-
 
 @implementer(IBlockDeviceRegistry)
 class Importer:
