@@ -17,7 +17,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from xdiskd.nbd import wire
 from xdiskd.nbd.budget import MemoryBudget
 from xdiskd.nbd.server import NBDServerFactory
-from tests.daemons import Daemon, nbdURI, requireTools, run, waitNBD
+from tests.daemons import (
+    Daemon, nbdURI, parseOptions, requireTools, run, waitNBD)
 from tests.test_nbd_server import MemoryDevice, Registry
 
 MiB = 1 << 20
@@ -92,6 +93,26 @@ class BudgetTests(SynchronousTestCase):
         b.change(c, -1 * MiB)
         self.assertFalse(a.paused)
         self.assertEqual(b.peak, 7 * MiB)
+
+
+class OptionTests(SynchronousTestCase):
+    def test_nbdMemory(self):
+        """--nbd-memory takes a size (default 256M), at least 1M."""
+        from twisted.python.usage import UsageError
+        self.assertEqual(parseOptions()["nbd-memory"], 256 * MiB)
+        self.assertEqual(parseOptions("--nbd-memory", "64M")["nbd-memory"],
+                         64 * MiB)
+        e = self.assertRaises(UsageError, parseOptions, "--nbd-memory", "x")
+        self.assertIn("--nbd-memory: 'x' is not a size", str(e))
+        e = self.assertRaises(UsageError, parseOptions, "--nbd-memory",
+                              "512K")
+        self.assertIn("below", str(e))
+
+    def test_linkLimitUnits(self):
+        """--link-limit units=N is a link limit beside children."""
+        o = parseOptions("--link-limit", "units=8")
+        self.assertEqual(o["link-limits"].units, 8)
+        self.assertEqual(parseOptions()["link-limits"].units, 256)
 
 
 class ProtocolTests(SynchronousTestCase):
