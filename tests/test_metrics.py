@@ -115,7 +115,9 @@ class MetricsTests(TestCase):
         """The daemon-wide NBD memory budget's gauges and counter."""
         from xdiskd.nbd.budget import MemoryBudget
         self.daemon.nbdBudget = MemoryBudget(64 << 20)
-        self.daemon.nbdBudget.change(object(), 5 << 20)
+        conn = type("Conn", (), {})()
+        self.daemon.nbdBudget.add(conn)
+        self.daemon.nbdBudget.change(conn, 5 << 20)
         samples, types = self.scrape()
         self.assertEqual(value(samples, "xdiskd_nbd_memory_held_bytes"),
                          5 << 20)

@@ -27,8 +27,11 @@ MiB = 1 << 20
 class Conn:
     """What the budget sees of a connection."""
 
-    def __init__(self):
+    def __init__(self, budget=None):
         self.paused = False
+        self.budgetHeld = 0
+        if budget is not None:
+            budget.add(self)
 
     def budgetPaused(self):
         self.paused = True
@@ -45,7 +48,7 @@ class BudgetTests(SynchronousTestCase):
         more than the room left under the budget.
         """
         b = MemoryBudget(80 * MiB)
-        big, mid, small = Conn(), Conn(), Conn()
+        big, mid, small = Conn(b), Conn(b), Conn(b)
         b.change(big, 40 * MiB)
         b.change(mid, 15 * MiB)
         b.change(small, 5 * MiB)
@@ -69,7 +72,7 @@ class BudgetTests(SynchronousTestCase):
         while others keep the sum over the budget; a non-reader stays.
         """
         b = MemoryBudget(16 * MiB)
-        stuck, heavy = Conn(), Conn()
+        stuck, heavy = Conn(b), Conn(b)
         b.change(stuck, 10 * MiB)
         b.change(heavy, 3 * MiB)
         self.assertTrue(stuck.paused)
@@ -84,7 +87,7 @@ class BudgetTests(SynchronousTestCase):
     def test_resumeUnderHalf(self):
         """Back under half the budget, everyone reads again."""
         b = MemoryBudget(8 * MiB)
-        a, c = Conn(), Conn()
+        a, c = Conn(b), Conn(b)
         b.change(a, 5 * MiB)
         b.change(c, 2 * MiB)
         self.assertTrue(a.paused)

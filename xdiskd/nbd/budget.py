@@ -25,7 +25,7 @@ worst one request at a time each.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Set
+from typing import Any, Set
 
 DEFAULT_BUDGET = 256 << 20
 #: The smallest budget accepted: one largest request and its reply.
@@ -36,7 +36,10 @@ class MemoryBudget:
     """
     Bytes held for NBD clients, and who is paused for it.
 
-    Connections provide C{budgetPaused()} and C{budgetResumed()}.
+    A connection is C{add}ed when made and C{remove}d when lost; it has
+    an int attribute C{budgetHeld} (what it holds, kept here) and the
+    methods C{budgetPaused()} and C{budgetResumed()}.  L{change} runs
+    twice per request, so it only adds unless the budget is passed.
 
     @ivar limit: the budget in bytes.
     @ivar held: bytes held by every connection together.
@@ -54,7 +57,7 @@ class MemoryBudget:
         self.held = 0
         self.peak = 0
         self.pauses = 0
-        self._holders: Dict[Any, int] = {}
+        self._conns: Set[Any] = set()
         self._paused: Set[Any] = set()
         self._readingHeld = 0      # held by connections not paused
 
@@ -63,46 +66,56 @@ class MemoryBudget:
         """Connections not read from because of the budget."""
         return len(self._paused)
 
-    def change(self, conn: Any, delta: int) -> None:
-        """C{conn} holds C{delta} bytes more (or fewer, if negative)."""
-        if not delta:
-            return
-        n = self._holders.get(conn, 0) + delta
-        if n:
-            self._holders[conn] = n
-        else:
-            self._holders.pop(conn, None)
-        held = self.held = self.held + delta
-        paused = self._paused
-        if conn not in paused:
-            self._readingHeld += delta
-        if delta > 0:
-            if held > self.peak:
-                self.peak = held
-            if (held > self._high
-                    and self._readingHeld > self.limit - held):
-                self._shed()
-        elif paused:
-            if held <= self._low:
-                self._resumeAll()
-            elif n <= 0 and conn in paused:
-                self._resume(conn)
+    def add(self, conn: Any) -> None:
+        """A new connection (holding nothing yet)."""
+        conn.budgetHeld = 0
+        self._conns.add(conn)
 
     def remove(self, conn: Any) -> None:
         """C{conn} is gone: whatever it held is freed."""
-        n = self._holders.get(conn, 0)
+        if conn not in self._conns:
+            return
+        n = conn.budgetHeld
         if n:
             self.change(conn, -n)
-        self._holders.pop(conn, None)
+        self._conns.discard(conn)
         self._paused.discard(conn)
 
+    def change(self, conn: Any, delta: int) -> None:
+        """C{conn} holds C{delta} bytes more (or fewer, if negative)."""
+        n = conn.budgetHeld = conn.budgetHeld + delta
+        held = self.held = self.held + delta
+        paused = self._paused
+        if delta > 0:
+            if conn not in paused:
+                self._readingHeld += delta
+            if held > self._high:
+                if held > self.peak:
+                    self.peak = held
+                if self._readingHeld > self.limit - held:
+                    self._shed()
+            elif held > self.peak:
+                self.peak = held
+        else:
+            if not paused:
+                self._readingHeld += delta
+            elif conn not in paused:
+                self._readingHeld += delta
+                if held <= self._low:
+                    self._resumeAll()
+            elif held <= self._low:
+                self._resumeAll()
+            elif n <= 0:
+                self._resume(conn)
+
     def _shed(self) -> None:
-        # Rare (only on passing the budget): sorting here is fine.
+        # Rare (only past three quarters of the budget): sorting is fine.
         paused = self._paused
         room = self.limit - self.held
-        for conn, n in sorted(self._holders.items(), key=lambda kv: -kv[1]):
+        for conn in sorted(self._conns, key=lambda c: -c.budgetHeld):
             if self._readingHeld <= room:
                 break
+            n = conn.budgetHeld
             if conn in paused or n <= 0:
                 continue
             paused.add(conn)
@@ -114,7 +127,7 @@ class MemoryBudget:
         if conn not in self._paused:
             return       # resumed meanwhile (a resumed one read more)
         self._paused.discard(conn)
-        self._readingHeld += self._holders.get(conn, 0)
+        self._readingHeld += conn.budgetHeld
         conn.budgetResumed()
 
     def _resumeAll(self) -> None:

@@ -79,6 +79,7 @@ class NBDServerProtocol(Protocol):
         self._transportFull = False
         self._writtenSinceFull = 0
         self._replyHeld = 0     # reply bytes written while the buffer is full
+        self.budgetHeld = 0     # what the factory's budget counts for us
         self._device: Any = None
         self._transmission: Optional[Transmission] = None
         self._logged: Set[type] = set()
@@ -97,6 +98,7 @@ class NBDServerProtocol(Protocol):
             maxPayload=f.maxPayload)
         self._connected = True
         f.connections.add(self)
+        f.budget.add(self)
         tuneTransport(self.transport)
         self._writer = Sender(self.transport)
         # STARTTLS may come: the reader looks the protocol up each time.
