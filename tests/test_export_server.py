@@ -192,6 +192,35 @@ class ExportServerTests(TestCase):
                          self.content[:512] + b"w" * 512
                          + self.content[1024:])
 
+    def test_seedOpenModes(self):
+        """
+        With enforceModes off (--seed-open-modes), a write under an RD
+        open works on a read-write export, as DragonFly's xdisk client
+        needs; a read-only export still refuses it.
+        """
+        self.node.exporter.enforceModes = False
+        rd = self._open("serno/A", C.BLKOPEN_RD)
+        self.assertEqual(self._request(rd, C.BLK_WRITE, 0, 512,
+                                       b"s" * 512).error, 0)
+        ro = self._open("serno/RO", C.BLKOPEN_RD)
+        self.assertEqual(self._request(ro, C.BLK_WRITE, 0, 512,
+                                       b"s" * 512).error, C.ERR_IO)
+        self.assertEqual(readFile(self.path)[:512], b"s" * 512)
+        self.assertEqual(readFile(self.roPath), self.content)
+
+    def test_seedOpenModesOption(self):
+        """--seed-open-modes reaches the daemon's exporter (off: enforce)."""
+        from twisted.internet.testing import MemoryReactorClock
+        from xdiskd.service import makeService
+        from tests.daemons import parseOptions
+        for flags, enforce in (([], True), (["--seed-open-modes"], False)):
+            top = makeService(parseOptions(
+                "--no-nbd", "--no-import", "--export",
+                "serno/O=" + self.path, *flags), MemoryReactorClock())
+            self.assertIs(top.node.exporter.enforceModes, enforce)
+            self.assertIs(top.enforceModes, enforce)
+            top.node.exporter.stop()
+
     def test_shortWriteZeroExtended(self):
         """§8.3: a WRITE whose aux is shorter than bytes is zero-extended."""
         o = self._open()

@@ -56,6 +56,10 @@ class Options(usage.Options):
         ["inline-io", None,
          "Do export-side disk I/O in the reactor thread (fast for files "
          "in the page cache; blocks on slow devices)."],
+        ["seed-open-modes", None,
+         "Let writes under a read-only BLK_OPEN through on read-write "
+         "exports, for DragonFly's xdisk client (it opens read-only, then "
+         "writes).  Read-only exports refuse writes either way."],
         ["no-control", None, "Do not open the control socket."],
         ["tls-no-client-auth", None,
          "tls: listeners accept clients without a certificate (TLS then "

@@ -63,6 +63,7 @@ class XDiskService(MultiService):
         self.inlineIO = False
         self.reloader: Any = None
         self.nbdBudget: Any = None      # shared by the NBD listeners
+        self.enforceModes = True        # an exporter made later, too
 
 
 def _notice(what: str, desc: str, tls: Any) -> Callable[[Any], None]:
@@ -95,7 +96,7 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
     pool = StorePoolService(options["store-threads"])
     exporter = None
     if options["exports"]:
-        exporter = Exporter()
+        exporter = Exporter(enforceModes=not options["seed-open-modes"])
         for spec in options["exports"]:
             try:
                 store = openStore(spec, reactor, pool.pool,
@@ -118,6 +119,7 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
     NodeService(node).setServiceParent(top)
     top.reactor = reactor
     top.pool = pool
+    top.enforceModes = not options["seed-open-modes"]
     top.inlineIO = options["inline-io"]
 
     tls = options["tls"]

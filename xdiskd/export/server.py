@@ -18,7 +18,9 @@ past its dev_dopen() (subr_diskiocom.c disk_blk_open): a BLK_OPEN asking
 for write access to a read-only export is refused with DMSG_ERR_IO, the
 code DragonFly answers when dev_dopen() fails (EROFS included), and I/O
 under an open that the open's modes do not allow (a write or FREEBLKS
-without BLKOPEN_WR, a read without BLKOPEN_RD) is answered DMSG_ERR_IO.
+without BLKOPEN_WR, a read without BLKOPEN_RD) is answered DMSG_ERR_IO,
+unless C{enforceModes} is off (C{--seed-open-modes}): DragonFly's own
+client (xdisk.c xa_open) opens with BLKOPEN_RD only and then writes.
 """
 
 from __future__ import annotations
@@ -124,10 +126,14 @@ class Exporter:
 
     log = Logger()
 
-    def __init__(self, linkInflight: int = DEFAULT_LINK_INFLIGHT) -> None:
+    def __init__(self, linkInflight: int = DEFAULT_LINK_INFLIGHT,
+                 enforceModes: bool = True) -> None:
         self.exports: Dict[str, Export] = {}
         self.links: Dict[DMSGLink, _LinkState] = {}
         self.linkInflight = linkInflight
+        # False (--seed-open-modes): I/O under an open ignores its modes
+        # (DragonFly's xdisk opens RD only and writes under that open).
+        self.enforceModes = enforceModes
 
     # ---------------------------------------------------------------
     # Exports
@@ -331,7 +337,8 @@ class Exporter:
         if icmd in (C.BLK_WRITE, C.BLK_FREEBLKS) and export.spec.readOnly:
             # Probe writes on the span (an open asking WR was refused).
             return self._refuse(export, txn)
-        if state is not None and not state.modes & _NEEDS.get(icmd, 0):
+        if (state is not None and not state.modes & _NEEDS.get(icmd, 0)
+                and self.enforceModes):
             # I/O the open's modes do not allow (§4.4).
             if not state.refusedLogged:
                 state.refusedLogged = True
