@@ -264,3 +264,54 @@ class UnitCreationTests(Base):
         self.assertEqual([self.importer.lookup(b).name for b in
                           ("serno/new1", "serno/new2", "serno/new3")],
                          ["xa3", "xa7", "xa300"])
+
+
+class RealClientTests(SynchronousTestCase):
+    """
+    The attack run's first two findings against a real importer daemon:
+    a raw DMSG peer on its --listen socket, libnbd's nbdinfo as client.
+    """
+
+    def test_nbdinfoListsHostileSerials(self):
+        """
+        With spans labelled 0x80..0xbf and C{hx/\\n[-] forged\\x1b[31m}
+        up, C{nbdinfo --list} works and shows both escaped; the log has
+        neither the ANSI escape nor the forged line.
+        """
+        import json
+        import os
+        import socket
+        from tests.daemons import Daemon, requireTools, run
+        from xdiskd.dmsg.wire import Encoder
+        requireTools("nbdinfo")
+        d = Daemon(self, "importer", [])
+        dmsg = os.path.join(d.dir, "dmsg.sock")
+        nbd = os.path.join(d.dir, "nbd.sock")
+        d.args += ["--listen", "unix:" + dmsg, "--nbd", "unix:" + nbd]
+        d.start()
+        d.waitLog("DMSG listening")
+        peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(peer.close)
+        peer.settimeout(20)
+        peer.connect(dmsg)
+        enc = Encoder()
+        msgs = [Message(C.LNK_CONN | C.CREATE | 6, 1, ext=connExt(FORGED)),
+                Message(C.LNK_ERROR | C.CREATE | C.REPLY | C.REVTRANS, 1),
+                Message(C.LNK_SPAN | C.CREATE | 7, 2, ext=spanExt(NOT_UTF8)),
+                Message(C.LNK_SPAN | C.CREATE | 7, 3, ext=spanExt(FORGED))]
+        peer.sendall(b"".join(b"".join(bytes(b) for b in enc.encode(m))
+                              for m in msgs))
+        d.waitLog("xa1: new unit")
+        d.waitLog("NBD listening")
+        # (No GO: the units would wait for this peer to answer BLK_OPEN.)
+        p = run(["nbdinfo", "--json", "--list",
+                 "nbd+unix:///?socket=" + nbd], 30)
+        exports = {e["export-name"]: e.get("description")
+                   for e in json.loads(p.stdout)["exports"]}
+        self.assertEqual(exports, {
+            "xa0": "".join("\\x%02x" % b for b in NOT_UTF8[:63]),
+            "xa1": "hx/\\x0a[-] forged\\x1b[31m"})
+        log = d.logText()
+        self.assertIn("forged", log)
+        self.assertNotIn("\x1b", log)
+        self.assertNotIn("\n[-] forged", log)
