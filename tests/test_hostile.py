@@ -201,6 +201,18 @@ class SpanCheckTests(Base):
         self.assertIn('xdiskd_import_spans_refused_total{reason="mismatch"}'
                       ' 2', rendered.render())
 
+    def test_badSectorSizeRefused(self):
+        """
+        A span whose sector size NBD cannot advertise (not a power of
+        two in 512..65536) makes no unit; 0 means 512.
+        """
+        for blksize in (2 ** 32 - 1, 1000, 256, 1 << 17, 1):
+            self.span(b"odd/%d" % (blksize,), blksize=blksize)
+        self.assertEqual(self.importer.units, {})
+        self.assertEqual(self.importer.refused["geometry"], 5)
+        self.span(b"zero", blksize=0)
+        self.assertEqual(self.importer.lookup("zero").sectorSize, 512)
+
     def test_smallMaxIORaisedToFloor(self):
         """
         Item 3: a path stating a maximum I/O of 1 byte is a path whose

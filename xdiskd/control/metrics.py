@@ -101,8 +101,9 @@ def _units(r: Registry, importer: Any) -> None:
         return
     for reason, n in sorted(importer.refused.items()):
         r.counter("xdiskd_import_spans_refused_total",
-                  "Spans not taken as paths: size or sector size unlike "
-                  "the unit's (mismatch), or the link's units limit.",
+                  "Spans not taken as paths: a sector size NBD cannot "
+                  "serve (geometry), size or sector size unlike the "
+                  "unit's (mismatch), or the link's units limit.",
                   {"reason": reason}, n)
     for unit in importer.devices():
         snap = unit.snapshot()

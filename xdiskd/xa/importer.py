@@ -10,8 +10,11 @@ unit.  A unit with no spans, no opens and no I/O is torn down after
 C{linger} seconds and its number freed (the seed compiled this out).
 
 A span is refused (not a path; counted in C{refused}, logged) when its
-size or sector size disagrees with the unit's, or when it would create a
-unit beyond its link's C{units} limit (C{--link-limit units=N}).  A
+sector size is not a power of two in 512..65536 (0 means 512; NBD's
+minimum block must be a power of two up to 64 KiB, DragonFly's I/O at
+least DEV_BSIZE), when its size or sector size disagrees with the
+unit's, or when it would create a unit beyond its link's C{units} limit
+(C{--link-limit units=N}).  A
 stated maximum I/O below max(sector size, 64 KiB) is raised to that
 floor: a hostile path must not shrink the unit's chunks.
 """
@@ -34,6 +37,8 @@ from xdiskd.xa.unit import DEFAULT_MAX_IO, MAXTAGS, XAUnit
 DEFAULT_LINGER = 60.0
 #: Smallest maximum I/O a path may state (with the sector size, if larger).
 MIN_PATH_IO = 64 * 1024
+#: Sector sizes a span may state (0: not stated, DEV_BSIZE).
+MIN_SECTOR, MAX_SECTOR, DEFAULT_SECTOR = 512, 65536, 512
 #: Spans refused for a reason are logged the first few times, then every
 #: thousandth (a peer may make and withdraw spans in a loop).
 _LOG_FIRST = 10
@@ -46,7 +51,8 @@ class Importer:
     Builds and tears down xa units from the spans the links carry.
 
     @ivar units: label key (bytes) → unit.
-    @ivar refused: reason (C{"mismatch"}, C{"units"}) → spans refused.
+    @ivar refused: reason (C{"geometry"}, C{"mismatch"}, C{"units"}) →
+        spans refused.
     """
 
     log = Logger()
@@ -66,7 +72,8 @@ class Importer:
         self._readOnlyKeys = {unitKey(parse(s)) for s in self.readOnly}
         self.units: Dict[bytes, XAUnit] = {}
         self._byName: Dict[str, XAUnit] = {}
-        self.refused: Dict[str, int] = {"mismatch": 0, "units": 0}
+        self.refused: Dict[str, int] = {"geometry": 0, "mismatch": 0,
+                                        "units": 0}
         self._lingers: Dict[XAUnit, Any] = {}
         self._spanUnits: Dict[Transaction, XAUnit] = {}
         self._watchers: List[Any] = []
@@ -110,6 +117,12 @@ class Importer:
         path to the unit of its label, created on first sight.
         """
         key = unitKey(ext.pfs_label)
+        sector = ext.media_blksize or DEFAULT_SECTOR
+        if sector & (sector - 1) or not MIN_SECTOR <= sector <= MAX_SECTOR:
+            self._refuse("geometry", "{link}: span {serial} refused: sector "
+                         "size {sector} is not a power of two in 512..65536",
+                         link=txn.link.name, serial=show(key), sector=sector)
+            return
         unit = self.units.get(key)
         if unit is None:
             link = txn.link
@@ -122,8 +135,7 @@ class Importer:
                              n=made, cap=cap)
                 return
             unit = self._create(key, ext, link)
-        elif (ext.media_bytes != unit.size
-              or (ext.media_blksize or 1) != unit.sectorSize):
+        elif ext.media_bytes != unit.size or sector != unit.sectorSize:
             # Not the same disk, whatever its serial says.
             self._refuse("mismatch", "{unit}: span via {link} refused: it "
                          "says {size} bytes, sector {sector}; the unit has "
@@ -169,7 +181,7 @@ class Importer:
         else:
             number = self._nextNumber
             self._nextNumber += 1
-        blksize = ext.media_blksize or 1
+        blksize = ext.media_blksize or DEFAULT_SECTOR
         readOnly = (key in self._readOnlyKeys
                     or "xa%d" % (number,) in self.readOnly)
         unit = XAUnit(self, number, key, unitKey(ext.peer_label),
