@@ -106,7 +106,7 @@ class XAUnit:
         self.maxIOCap = maxIO
         self.maxIO = maxIO
         self.maxTags = maxTags
-        # Configured read-only (--import-ro), or the exporter refused a
+        # Configured read-only (--readonly-unit), or the exporter refused a
         # write open (then until the unit is next opened from closed).
         self.configuredReadOnly = readOnly
         self.readOnly = readOnly
