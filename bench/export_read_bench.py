@@ -37,7 +37,7 @@ class Reader:
 
     def localConn(self):
         return LnkConn(peer_mask=1 << C.PEER_BLOCK, peer_type=C.PEER_CLIENT,
-                       peer_label="bench/xdisk")
+                       peer_label=b"bench/xdisk")
 
     def linkMade(self, link):
         pass

@@ -13,9 +13,10 @@ after a valid LNK_CONN exchange, so the fuzzer starts inside the state
 machine; CRCs are not checked (the link is built with C{verifyCRC} and
 C{verifySalt} off), so mutations reach the state machine at once.
 C{nbd}: the input is a client's byte stream to the NBD server over two
-in-memory devices.  Both check the same properties as the suite: no
-failure logged, nothing outside an export changes size, the read-only
-export never changes.
+in-memory devices and some with hostile serials (not UTF-8, control
+characters).  Both check the same properties as the suite: no failure
+logged, nothing outside an export changes size, the read-only export
+never changes, NBD_OPT_LIST answers printable UTF-8 whatever the labels.
 """
 
 import os
@@ -44,6 +45,7 @@ from twisted.internet.testing import StringTransport  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
+from tests.test_fuzz import HOSTILE_LABELS  # noqa: E402
 from tests.test_nbd_server import MemoryDevice, Registry  # noqa: E402
 
 SIZE = 64 * 1024
@@ -92,6 +94,8 @@ class DMSGTarget:
         chunk = 1 + (data[0] if data else 0) * 16
         for i in range(1, len(data), chunk):
             link.dataReceived(data[i:i + chunk])
+        # Whatever labels the spans had, NBD names stay printable UTF-8.
+        _checkNames(node.importer)
         clock.advance(60)
         if link.connected:
             link.connectionLost(Failure(ConnectionError("end")))
@@ -104,12 +108,26 @@ class DMSGTarget:
             assert f.read() == self.roData
 
 
+def _checkNames(registry):
+    from xdiskd.nbd import wire
+    from xdiskd.nbd.options import Negotiator
+    for reply in Negotiator(registry).handleOption(wire.OPT_LIST,
+                                                   b"").replies[:-1]:
+        n = int.from_bytes(reply[20:24], "big")
+        for raw in (reply[24:24 + n], reply[24 + n:]):
+            text = raw.decode("utf-8")       # raises on invalid UTF-8
+            assert text.isprintable(), text
+
+
 class NBDTarget:
     def __call__(self, data):
         rw = MemoryDevice("xa0", "SER-0", SIZE)
         ro = MemoryDevice("ro0", "SER-1", SIZE, readOnly=True)
         ro.data[:] = b"\x5a" * SIZE
-        factory = NBDServerFactory(Registry([rw, ro]), clock=Clock())
+        hostile = [MemoryDevice("hx%d" % i, label, 4096)
+                   for i, label in enumerate(HOSTILE_LABELS)]
+        factory = NBDServerFactory(Registry([rw, ro] + hostile),
+                                   clock=Clock())
         proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
         proto.makeConnection(StringTransport(lenient=True))
         proto.dataReceived(data)
@@ -127,7 +145,10 @@ def seed(directory):
     enc.sequence = 2      # after the target's own LNK_CONN exchange
     msgs = [
         Message(C.LNK_SPAN | C.CREATE, 5, ext=LnkSpan(
-            media_bytes=SIZE, media_blksize=512, pfs_label="serno/S")),
+            media_bytes=SIZE, media_blksize=512, pfs_label=b"serno/S")),
+        Message(C.LNK_SPAN | C.CREATE, 10, ext=LnkSpan(
+            media_bytes=SIZE, media_blksize=512,
+            peer_label=HOSTILE_LABELS[1], pfs_label=HOSTILE_LABELS[0])),
         Message(C.BLK_OPEN | C.CREATE | C.REVCIRC, 6, 2, ext=BlkOpen(3)),
         Message(C.BLK_READ | C.CREATE | C.DELETE, 7, 6,
                 ext=BlkIO(512, 4096)),

@@ -15,7 +15,7 @@ class RecordingReceiver:
 
     def __init__(self, peerType=C.PEER_CLIENT, label="test/recv"):
         self.conn = LnkConn(peer_mask=1 << C.PEER_BLOCK, peer_type=peerType,
-                            peer_label=label)
+                            peer_label=label.encode("utf-8"))
         self.events = []
         self.accept = None   # callable(txn, msg) for top-level txns
 

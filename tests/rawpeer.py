@@ -55,7 +55,7 @@ class RawPeer:
         self.send(
             Message(C.LNK_CONN | C.CREATE, 1, ext=LnkConn(
                 peer_mask=1 << C.PEER_BLOCK, peer_type=peerType,
-                peer_label="raw/peer")),
+                peer_label=b"raw/peer")),
             Message(C.LNK_ERROR | C.CREATE | C.REPLY | C.REVTRANS, 1))
         return self.poll()
 

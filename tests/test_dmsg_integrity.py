@@ -27,7 +27,7 @@ TCP = IPv4Address("TCP", "127.0.0.1", 4242)
 # A LNK_CONN as DragonFly's kernel xdisk sends it (spec §4.2): reserved03
 # at 0x84..0x8B zero.  Header fields other than cmd and CRCs left 0.
 DRAGONFLY_CONN = LnkConn(peer_mask=1 << C.PEER_BLOCK,
-                         peer_type=C.PEER_BLOCK, peer_label="dfly/xa0")
+                         peer_type=C.PEER_BLOCK, peer_label=b"dfly/xa0")
 
 
 def paddedCRC(data):

@@ -48,7 +48,7 @@ class ConnExchangeTests(SynchronousTestCase):
         self.assertTrue(server.ready)
         self.assertTrue(client.ready)
         self.assertEqual(client.peerConn.peer_type, C.PEER_BLOCK)
-        self.assertEqual(client.peerConn.peer_label, "test/server")
+        self.assertEqual(client.peerConn.peer_label, b"test/server")
         self.assertEqual(server.peerConn.peer_type, C.PEER_CLIENT)
         self.assertEqual(server.peerConn.peer_mask, 1 << C.PEER_BLOCK)
         self.assertEqual(server.receiver.kinds(), ["made", "ready"])
@@ -88,7 +88,7 @@ class StackedTransactionTests(SynchronousTestCase):
         self.ios = []
         self.span = self.server.startTransaction(
             None, C.LNK_SPAN, LnkSpan(media_bytes=4096, media_blksize=512,
-                                      pfs_label="s"), None, self._spanReply)
+                                      pfs_label=b"s"), None, self._spanReply)
         self.span.onChild = self._openReceived
         self.pump.flush()
         [(_, self.cspan, _)] = [e for e in self.client.receiver.events

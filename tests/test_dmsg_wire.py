@@ -88,11 +88,11 @@ def _example_messages():
     return [
         (Message(0x80001106, C1, 0, 0, LnkConn(
             peer_mask=4, peer_type=63, proto_version=1,
-            peer_label="myhost/xdisk"), salt=0), EX_LNK_CONN),
+            peer_label=b"myhost/xdisk"), salt=0), EX_LNK_CONN),
         (Message(0xA80FFF01, C1, 0, 0, salt=1), EX_CONN_RESULT),
         (Message(0x80001207, S2, 0, 0, LnkSpan(
             peer_type=2, media_bytes=0x40000000, media_blksize=0x200,
-            peer_label="diskhost/da0", pfs_label="serno/XYZ",
+            peer_label=b"diskhost/da0", pfs_label=b"serno/XYZ",
             media_rest=bytes(40)), salt=2), EX_LNK_SPAN),
         (Message(0x84500102, C2, S2, 0, BlkOpen(1), salt=3), EX_BLK_OPEN),
         (Message(0xC0500302, C3, C2, 0, BlkIO(0x2000, 0x1000), salt=4),
@@ -142,8 +142,8 @@ class SpecExampleTests(SynchronousTestCase):
         self.assertEqual(span.cmd & C.BASECMDMASK, C.LNK_SPAN)
         self.assertEqual(span.ext.media_bytes, 1 << 30)
         self.assertEqual(span.ext.media_blksize, 512)
-        self.assertEqual(span.ext.pfs_label, "serno/XYZ")
-        self.assertEqual(span.ext.peer_label, "diskhost/da0")
+        self.assertEqual(span.ext.pfs_label, b"serno/XYZ")
+        self.assertEqual(span.ext.peer_label, b"diskhost/da0")
         self.assertEqual(span.ext.peer_type, C.PEER_BLOCK)
         [read] = d.feed(EX_BLK_READ)
         self.assertEqual((read.ext.offset, read.ext.length), (8192, 4096))
@@ -212,9 +212,14 @@ def _only(cls):
     return lambda **kw: cls(**kw)
 
 
-labels = st.text(max_size=40).filter(
-    lambda s: "\0" not in s and len(s.encode("utf-8", "surrogateescape"))
-    < 128)
+# Labels are any bytes but NUL (non-UTF-8 and control characters
+# included, as a hostile peer sends them), up to 127.
+labels = st.one_of(
+    st.binary(max_size=127),
+    st.text(max_size=40).map(lambda s: s.encode("utf-8", "surrogatepass")),
+    st.sampled_from([bytes(range(0x80, 0xC0)),
+                     b"hx/\n[-] forged\x1b[31m"]),
+).map(lambda b: b.replace(b"\0", b"")[:127])
 u64 = st.integers(0, 2**64 - 1)
 u32 = st.integers(0, 2**32 - 1)
 flags = st.sampled_from([0, C.CREATE, C.DELETE, C.CREATE | C.DELETE,

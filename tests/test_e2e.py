@@ -241,7 +241,7 @@ class TwoProcessTests(SynchronousTestCase):
 
     def test_unitLogged(self):
         """The importer logs xa0 with its size and serial."""
-        self.imp.waitLog("xa0: new unit serial='serno/TWO' "
+        self.imp.waitLog("xa0: new unit serial=serno/TWO "
                          "size=268435456 sector=512")
         self.exp.waitLog("LNK_CONN exchange complete")
 
@@ -309,16 +309,33 @@ class TwoProcessTests(SynchronousTestCase):
             self.assertNotIn("Traceback", d.logText())
 
     def test_readOnlyExport(self):
-        """Writes to a read-only export fail with EIO at the client."""
+        """
+        Issue 17, defect 2: a ,ro export imported is served read-only
+        over NBD (nbdinfo: is_read_only true); writes fail at the client
+        without reaching the file, and reads work.
+        """
+        import json
         self.exp.kill()
         self.exp.args[-1] = "serno/TWO=" + self.img + ",ro"
         self.exp.start()
         time.sleep(1.0)
         waitNBD(self.sock)
-        p = run(["qemu-io", "-f", "raw", "-c", "write 0 4k", self.uri],
-                check=False)
+        info = json.loads(run(["nbdinfo", "--json", self.uri]).stdout)
+        [export] = info["exports"]
+        self.assertIs(export["is_read_only"], True)
+        self.assertNotIn("can_trim", [k for k, v in export.items()
+                                      if v is True])
+        p = run(["qemu-io", "-f", "raw", "-c", "write -P 0x5a 0 4k",
+                 self.uri], check=False)
         text = (p.stdout + p.stderr).decode()
-        self.assertIn("Input/output error", text)
+        self.assertNotEqual(p.returncode, 0, text)
+        self.assertNotIn("wrote 4096/4096", text)
+        with open(self.img, "rb") as f:
+            self.assertEqual(f.read(4096), bytes(4096))
+        run(["qemu-io", "-f", "raw", "-r", "-c", "read -P 0 0 4k",
+             self.uri])
+        self.imp.waitLog("refuses write access to serno/TWO; opening it "
+                         "read-only")
 
 
 class DaemonLifecycleTests(SynchronousTestCase):

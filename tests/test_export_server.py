@@ -23,11 +23,11 @@ class ClientPeer(RecordingReceiver):
         self.spans = {}
 
         def accept(txn, msg):
-            self.spans[msg.ext.pfs_label] = (txn, msg.ext)
+            self.spans[msg.ext.pfs_label.decode()] = (txn, msg.ext)
 
             def handler(t, m):
                 if m.cmd & 0x40000000:
-                    self.spans.pop(msg.ext.pfs_label, None)
+                    self.spans.pop(msg.ext.pfs_label.decode(), None)
                     t.reply(0)
             txn.handler = handler
             txn.result(0)
@@ -57,12 +57,13 @@ class ExportServerTests(TestCase):
         [reply] = got
         return reply
 
-    def _open(self, serial="serno/A"):
+    def _open(self, serial="serno/A", modes=3, error=0):
         got = []
-        o = self._span(serial).startChild(C.BLK_OPEN, BlkOpen(3),
+        o = self._span(serial).startChild(C.BLK_OPEN, BlkOpen(modes),
                                           handler=lambda t, m: got.append(m))
         self.wire.flush()
-        self.assertEqual([(m.cmd, m.error) for m in got], [(0xA80FFF01, 0)])
+        self.assertEqual([(m.cmd, m.error) for m in got],
+                         [(0xA80FFF01, error)])
         return o
 
     def test_spansAdvertised(self):
@@ -71,7 +72,7 @@ class ExportServerTests(TestCase):
         ext = self.peer.spans["serno/A"][1]
         self.assertEqual((ext.peer_type, ext.proto_version, ext.media_bytes,
                           ext.media_blksize, ext.peer_label),
-                         (C.PEER_BLOCK, 1, SIZE, 512, "testhost/serno/A"))
+                         (C.PEER_BLOCK, 1, SIZE, 512, b"testhost/serno/A"))
         self.assertEqual(self.link.peerConn.peer_type, C.PEER_BLOCK)
 
     def test_fullCycle(self):
@@ -147,7 +148,7 @@ class ExportServerTests(TestCase):
         for cmd, off, n, aux in bad:
             r = self._request(o, cmd, off, n, aux)
             self.assertEqual(r.error, C.ERR_IO, (hex(cmd), off, n))
-        ro = self._open("serno/RO")
+        ro = self._open("serno/RO", C.BLKOPEN_RD)
         for cmd, aux in ((C.BLK_WRITE, b"z" * 512), (C.BLK_FREEBLKS, None)):
             r = self._request(ro, cmd, 0, 512, aux)
             self.assertEqual(r.error, C.ERR_IO)
@@ -156,6 +157,69 @@ class ExportServerTests(TestCase):
         self.assertEqual(readFile(self.path), self.content)
         self.assertEqual(readFile(self.roPath), self.content)
         self.flushLoggedErrors()
+
+    def test_writeOpenOnReadOnlyExportRefused(self):
+        """
+        Issue 17: a BLK_OPEN asking for write access to a read-only
+        export gets DMSG_ERR_IO, as DragonFly's failed dev_dopen does; a
+        read-only open of it works.
+        """
+        self._open("serno/RO", C.BLKOPEN_RD | C.BLKOPEN_WR, C.ERR_IO)
+        self._open("serno/RO", C.BLKOPEN_WR, C.ERR_IO)
+        export = self.node.exporter.exports["serno/RO"]
+        self.assertEqual(len(export.opens), 0)
+        ro = self._open("serno/RO", C.BLKOPEN_RD)
+        self.assertEqual(self._request(ro, C.BLK_READ, 0, 512).error, 0)
+
+    def test_openModesEnforced(self):
+        """
+        Issue 18, item 7: I/O that the open's modes do not allow is
+        answered 0x22 and changes nothing; what they allow works.
+        """
+        rd = self._open("serno/A", C.BLKOPEN_RD)
+        for cmd, aux in ((C.BLK_WRITE, b"z" * 512), (C.BLK_FREEBLKS, None)):
+            r = self._request(rd, cmd, 0, 512, aux)
+            self.assertEqual(r.error, C.ERR_IO, hex(cmd))
+        self.assertEqual(self._request(rd, C.BLK_READ, 0, 512).aux,
+                         self.content[:512])
+        self.assertEqual(self._request(rd, C.BLK_FLUSH, 0, 0).error, 0)
+        wr = self._open("serno/A", C.BLKOPEN_WR)
+        self.assertEqual(self._request(wr, C.BLK_READ, 0, 512).error,
+                         C.ERR_IO)
+        self.assertEqual(self._request(wr, C.BLK_WRITE, 512, 512,
+                                       b"w" * 512).error, 0)
+        self.assertEqual(readFile(self.path),
+                         self.content[:512] + b"w" * 512
+                         + self.content[1024:])
+
+    def test_seedOpenModes(self):
+        """
+        With enforceModes off (--seed-open-modes), a write under an RD
+        open works on a read-write export, as DragonFly's xdisk client
+        needs; a read-only export still refuses it.
+        """
+        self.node.exporter.enforceModes = False
+        rd = self._open("serno/A", C.BLKOPEN_RD)
+        self.assertEqual(self._request(rd, C.BLK_WRITE, 0, 512,
+                                       b"s" * 512).error, 0)
+        ro = self._open("serno/RO", C.BLKOPEN_RD)
+        self.assertEqual(self._request(ro, C.BLK_WRITE, 0, 512,
+                                       b"s" * 512).error, C.ERR_IO)
+        self.assertEqual(readFile(self.path)[:512], b"s" * 512)
+        self.assertEqual(readFile(self.roPath), self.content)
+
+    def test_seedOpenModesOption(self):
+        """--seed-open-modes reaches the daemon's exporter (off: enforce)."""
+        from twisted.internet.testing import MemoryReactorClock
+        from xdiskd.service import makeService
+        from tests.daemons import parseOptions
+        for flags, enforce in (([], True), (["--seed-open-modes"], False)):
+            top = makeService(parseOptions(
+                "--no-nbd", "--no-import", "--export",
+                "serno/O=" + self.path, *flags), MemoryReactorClock())
+            self.assertIs(top.node.exporter.enforceModes, enforce)
+            self.assertIs(top.enforceModes, enforce)
+            top.node.exporter.stop()
 
     def test_shortWriteZeroExtended(self):
         """§8.3: a WRITE whose aux is shorter than bytes is zero-extended."""

@@ -39,6 +39,7 @@ from xdiskd.export.server import Exporter
 from xdiskd.export.spec import ExportSpec
 from xdiskd.export.store import openStore
 from xdiskd.nbd import wire
+from xdiskd.nbd.options import Negotiator
 from xdiskd.nbd.server import NBDServerFactory
 from xdiskd.node import Node
 from xdiskd.xa.importer import Importer
@@ -51,6 +52,9 @@ log = Logger(namespace="tests.test_fuzz")
 
 SIZE = 64 * 1024          # export / device size: boundaries are near
 U64 = 2 ** 64 - 1
+#: Labels of issue 18's attack run: not UTF-8; a newline and an ANSI escape.
+HOSTILE_LABELS = [bytes(range(0x80, 0xC0)), b"hx/\n[-] forged\x1b[31m",
+                  b"\xff\xfe\x1b]0;title\x07", "\u202eevil".encode()]
 
 
 def cases(n):
@@ -121,15 +125,21 @@ refs = st.one_of(st.just(0), st.just("span"), st.just("last"),
 parents = st.one_of(st.just("span"), st.just("span"), st.just("last"),
                     refs)
 
+def _lnkSpan(*args, **kw):
+    """LnkSpan without hypothesis drawing its other (typed) fields."""
+    return LnkSpan(*args, **kw)
+
+
 exts = st.one_of(
     st.just("auto"), st.just("auto"), st.none(),
     st.builds(BlkIO, near(SIZE), near(SIZE), u64.map(lambda v: v % 2 ** 64),
               st.integers(0, 2 ** 32 - 1)),
     st.builds(BlkOpen, st.integers(0, 2 ** 32 - 1)),
-    st.builds(LnkSpan, st.integers(0, 255), near(SIZE),
+    st.builds(_lnkSpan, st.integers(0, 255), near(SIZE),
               st.sampled_from([0, 1, 512, 4096, 2 ** 32 - 1]),
-              st.sampled_from(["", "h/d", "x" * 127]),
-              st.sampled_from(["", "serno/F", "serno/RO", "y" * 127])),
+              st.sampled_from([b"", b"h/d", b"x" * 127] + HOSTILE_LABELS),
+              st.sampled_from([b"", b"serno/F", b"serno/RO", b"y" * 127]
+                              + HOSTILE_LABELS)),
     st.builds(LnkConn, st.integers(0, U64), st.integers(0, 255)),
     st.builds(RawExt, st.binary(max_size=200)))
 
@@ -157,7 +167,23 @@ ioMessage = st.fixed_dictionaries({
     "ext": st.one_of(st.just("auto"), st.just("auto"), exts), "aux": auxes,
     "mutate": mutations,
 })
-messages = st.one_of(anyMessage, anyMessage, ioMessage)
+# Well-formed top-level spans with hostile labels (issue 18): not UTF-8,
+# control characters, a serial of the node's own exports, sizes and
+# maximum I/O a real disk would not state.
+spanMessage = st.fixed_dictionaries({
+    "cmd": st.just(C.LNK_SPAN), "flags": st.just(C.CREATE),
+    "msgid": st.integers(1 << 21, 1 << 22), "circuit": st.just(0),
+    "error": st.just(0),
+    "ext": st.builds(
+        _lnkSpan, st.just(C.PEER_BLOCK),
+        st.sampled_from([SIZE, 2 ** 63, 0, 512]),
+        st.sampled_from([512, 4096, 1, 0]),
+        st.sampled_from(HOSTILE_LABELS + [b"fuzz/h"]),
+        st.sampled_from(HOSTILE_LABELS + [b"serno/F", b"xa0"]),
+        media_maxio=st.sampled_from([0, 1, 512, C.AUX_MAX])),
+    "aux": st.none(), "mutate": st.just([]),
+})
+messages = st.one_of(anyMessage, anyMessage, ioMessage, spanMessage)
 
 
 def fixFrame(frame, salt):
@@ -229,7 +255,7 @@ class DMSGFuzzTests(SynchronousTestCase):
         if handshake:
             for m in (Message(C.LNK_CONN | C.CREATE, 1, ext=LnkConn(
                           peer_mask=1 << C.PEER_BLOCK,
-                          peer_type=C.PEER_BLOCK, peer_label="fuzz")),
+                          peer_type=C.PEER_BLOCK, peer_label=b"fuzz")),
                       Message(C.LNK_ERROR | C.CREATE | C.REPLY | C.REVTRANS,
                               1)):
                 m.salt = seq
@@ -290,7 +316,7 @@ class DMSGFuzzTests(SynchronousTestCase):
                 written.append((m.ext.offset, m.ext.length))
         # The healthy link, beside it, still reads and writes.
         span = [s for s, ext in healthy.spans().items()
-                if ext.pfs_label == "serno/F"][0]
+                if ext.pfs_label == b"serno/F"][0]
         healthy.poll()
         healthy.send(io(C.BLK_WRITE, 900, span, 0, 4096,
                         aux=pattern(4096, 9)),
@@ -300,6 +326,8 @@ class DMSGFuzzTests(SynchronousTestCase):
         replies = {m.msgid: m for m in healthy.poll()}
         self.assertEqual(replies[900].error, 0)
         self.assertEqual(replies[901].aux, pattern(4096, 9))
+        # Whatever labels the fuzzed peer gave its spans, NBD still works.
+        checkNBDStrings(self, node.importer, bySerial=True)
         written.append((0, 4096))
         for peer in (fuzzed, healthy):
             if peer.link.connected:
@@ -332,6 +360,18 @@ class DMSGFuzzTests(SynchronousTestCase):
     def test_frames(self, ops, handshake, chunk):
         self.drive(ops, handshake or len(ops) > 30, chunk)
 
+    @cases(100)
+    @given(st.lists(st.one_of(spanMessage, spanMessage, ioMessage),
+                    min_size=1, max_size=12),
+           st.sampled_from([7, 64, 4096]))
+    def test_hostileSpans(self, ops, chunk):
+        """
+        Issue 18: spans with non-UTF-8 and control-character labels,
+        absurd sizes and maximum I/O, mixed with I/O: NBD names stay
+        printable UTF-8 and the healthy link works (checked in drive).
+        """
+        self.drive(ops, True, chunk)
+
     @cases(200)
     @given(st.lists(st.tuples(
         st.sampled_from([C.BLK_OPEN, C.BLK_READ, C.BLK_WRITE,
@@ -359,6 +399,36 @@ class DMSGFuzzTests(SynchronousTestCase):
         self.drive(out, True, 4096)
 
 
+def checkNBDStrings(test, registry, bySerial=False):
+    """
+    NBD_OPT_LIST and NBD_OPT_INFO over every device of C{registry} answer
+    with printable UTF-8 names and descriptions (proto.md), whatever
+    serials the devices have; with C{bySerial}, each device is found by
+    the description LIST gave (its shown serial) too.
+    """
+    neg = Negotiator(registry)
+    decision = neg.handleOption(wire.OPT_LIST, b"")
+    found = []
+    for reply in decision.replies[:-1]:
+        body = reply[wire._OPTION_REPLY.size:]
+        (n,) = struct.unpack_from(">I", body)
+        name = body[4:4 + n].decode("utf-8")
+        description = body[4 + n:].decode("utf-8")
+        test.assertTrue(name.isprintable(), name)
+        test.assertTrue(description.isprintable(), description)
+        found.append((name, description))
+    test.assertEqual(len(found), len(registry.devices()))
+    for name, description in found:
+        keys = [name, description] if bySerial else [name]
+        for key in keys:
+            info = neg.handleOption(wire.OPT_INFO, wire.encodeExportRequest(
+                key, (wire.INFO_DESCRIPTION,)))
+            (_, _, kind, _) = wire._OPTION_REPLY.unpack_from(
+                info.replies[-1])
+            test.assertEqual(kind, wire.REP_ACK, key)
+    return found
+
+
 def _autoExt(cmd, i):
     """An extension that fits the command, with edgy numbers."""
     base = cmd & C.BASECMDMASK
@@ -369,8 +439,10 @@ def _autoExt(cmd, i):
     if base in (C.BLK_OPEN, C.BLK_CLOSE):
         return BlkOpen(C.BLKOPEN_RD | C.BLKOPEN_WR)
     if base == C.LNK_SPAN:
+        serials = [b"serno/S0", b"serno/S1"] + HOSTILE_LABELS
         return LnkSpan(C.PEER_BLOCK, [SIZE, 0, 2 ** 63][i % 3], 512,
-                       "fuzz/h", "serno/S%d" % (i % 3,))
+                       HOSTILE_LABELS[i % len(HOSTILE_LABELS)],
+                       serials[i % len(serials)])
     if base == C.LNK_CONN:
         return LnkConn(1 << C.PEER_BLOCK, C.PEER_BLOCK)
     return None
@@ -438,9 +510,12 @@ class NBDFuzzTests(SynchronousTestCase):
         self.rw.data[:] = pattern(SIZE, 3)
         self.ro = MemoryDevice("ro0", "SER-1", SIZE // 2, readOnly=True)
         self.ro.data[:] = pattern(SIZE // 2, 4)
+        # A device whose serial is hostile bytes (issue 18, item 1).
+        self.hostile = MemoryDevice("hx0", HOSTILE_LABELS[0], 4096)
         self.clock = Clock()
         self.factory = NBDServerFactory(
-            Registry([self.rw, self.ro]), tlsContextFactory=object(),
+            Registry([self.rw, self.ro, self.hostile]),
+            tlsContextFactory=object(),
             clock=self.clock, maxInflightRequests=16)
 
     def connect(self):
@@ -466,6 +541,7 @@ class NBDFuzzTests(SynchronousTestCase):
         self.assertEqual(good.simple(512), (0, 2, pattern(512, 8)))
         written.append((0, 512))
         self.ops += len(self.rw.log) + len(self.ro.log) - 2
+        checkNBDStrings(self, self.factory.registry)
         for p in (peer, good):
             p.proto.connectionLost(Failure(ConnectionError("end")))
         self.watch.check(self)

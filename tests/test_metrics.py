@@ -111,6 +111,22 @@ class MetricsTests(TestCase):
         self.assertEqual(types["xdiskd_unit_inflight"], "gauge")
         self.assertEqual(types["xdiskd_unit_latency_seconds"], "histogram")
 
+    def test_nbdBudget(self):
+        """The daemon-wide NBD memory budget's gauges and counter."""
+        from xdiskd.nbd.budget import MemoryBudget
+        self.daemon.nbdBudget = MemoryBudget(64 << 20)
+        conn = type("Conn", (), {})()
+        self.daemon.nbdBudget.add(conn)
+        self.daemon.nbdBudget.change(conn, 5 << 20)
+        samples, types = self.scrape()
+        self.assertEqual(value(samples, "xdiskd_nbd_memory_held_bytes"),
+                         5 << 20)
+        self.assertEqual(value(samples, "xdiskd_nbd_memory_budget_bytes"),
+                         64 << 20)
+        self.assertEqual(value(samples,
+                               "xdiskd_nbd_memory_paused_connections"), 0)
+        self.assertEqual(types["xdiskd_nbd_memory_pauses_total"], "counter")
+
     def test_histogram(self):
         """Cumulative buckets ending in +Inf == _count; _sum > 0."""
         run(self.net.pumps, self.unit.open())

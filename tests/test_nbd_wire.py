@@ -350,6 +350,32 @@ class ReplyTests(SynchronousTestCase):
 _CODEC_ERRORS = (wire.NBDProtocolError,)
 
 
+class TextTests(SynchronousTestCase):
+    """Protocol strings are UTF-8 whatever text the server hands over."""
+
+    def test_surrogatesNeverRaise(self):
+        """
+        A lone surrogate (how surrogateescape shows a byte that is not
+        UTF-8) is sent as a backslash escape, in every string encoder.
+        """
+        text = b"\x80\xbf".decode("utf-8", "surrogateescape")
+        self.assertEqual(wire.encodeText(text), b"\\udc80\\udcbf")
+        reply = wire.optionError(wire.OPT_GO, wire.REP_ERR_UNKNOWN, text)
+        reply[20:].decode("utf-8")
+        wire.serverReply(wire.OPT_LIST, "xa0", text)[24:].decode("utf-8")
+        wire.infoDescription(wire.OPT_GO, text)[22:].decode("utf-8")
+
+    @given(st.text(max_size=3000))
+    def test_cutAtCharacterBoundary(self, text):
+        """Cut to the limit, a string is still valid UTF-8."""
+        raw = wire.encodeText(text * 3, 4096)
+        self.assertLessEqual(len(raw), 4096)
+        full = (text * 3).encode("utf-8", "backslashreplace")
+        self.assertTrue(full.startswith(raw))
+        raw.decode("utf-8")
+        self.assertGreater(len(raw), min(len(full), 4096) - 4)
+
+
 class FuzzTests(SynchronousTestCase):
     @settings(max_examples=300, deadline=None)
     @given(st.binary(max_size=600), st.integers(1, 64),

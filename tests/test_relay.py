@@ -72,8 +72,8 @@ class ChainTests(TestCase):
         self.assertIsNotNone(unit)
         [span] = unit.spans
         self.assertIs(span.link, w2.client)
-        ext = r.relay.copies[(w2.server, (C.PEER_BLOCK, "serno/R",
-                                          "testhost/serno/R"))]
+        ext = r.relay.copies[(w2.server, (C.PEER_BLOCK, b"serno/R",
+                                          b"testhost/serno/R"))]
         self.wait(unit.open())
         data = os.urandom(300000)
         self.wait(unit.write(4096, data))

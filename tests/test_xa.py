@@ -76,7 +76,7 @@ class UnitCreationTests(Base):
         verifyObject(IBlockDevice, u)
         verifyObject(IBlockDeviceRegistry, self.importer)
         self.assertEqual((u.name, u.serial, u.size, u.sectorSize),
-                         ("xa0", "serno/A", SIZE, 512))
+                         ("xa0", b"serno/A", SIZE, 512))
         self.assertIs(self.importer.lookup("serno/A"), u)
         self.assertEqual(len(u.paths), 1)
 
@@ -84,7 +84,7 @@ class UnitCreationTests(Base):
         """§9.1: importer LNK_CONN is CLIENT with mask 1<<BLOCK."""
         conn = self.wire.server.peerConn
         self.assertEqual((conn.peer_type, conn.peer_mask, conn.peer_label),
-                         (C.PEER_CLIENT, 4, "importer/xdisk"))
+                         (C.PEER_CLIENT, 4, b"importer/xdisk"))
 
     def test_secondSpanSameLabel(self):
         """A second span with the same label is a second path."""
@@ -94,16 +94,15 @@ class UnitCreationTests(Base):
 
     def test_labelTruncation(self):
         """Labels are compared on their first 63 bytes."""
-        self.assertEqual(unitKey("a" * 70), "a" * 63)
-        self.assertEqual(unitKey("é" * 40).encode("utf-8",
-                                                  "surrogateescape"),
+        self.assertEqual(unitKey(b"a" * 70), b"a" * 63)
+        self.assertEqual(unitKey(("é" * 40).encode()),
                          ("é" * 40).encode()[:63])
 
     def test_degenerateSpanIgnored(self):
         """A CREATE|DELETE span gets a return and makes no unit."""
         link = self.wire.server
         tap = Tap(self.wire.client)
-        link.startTransaction(None, C.LNK_SPAN, LnkSpan(pfs_label="x"),
+        link.startTransaction(None, C.LNK_SPAN, LnkSpan(pfs_label=b"x"),
                               delete=True)
         self.wire.flush()
         self.assertEqual(len(self.importer.units), 1)
@@ -564,7 +563,7 @@ class TeardownTests(Base):
         Wire(self.exp, self.imp)
         self.assertEqual(sorted((u.name, u.serial)
                                 for u in self.importer.devices()),
-                         [("xa0", "serno/C"), ("xa1", "serno/A")])
+                         [("xa0", b"serno/C"), ("xa1", b"serno/A")])
 
     def test_openUnitNotTornDown(self):
         u = self.openUnit()
@@ -698,3 +697,59 @@ class IOSizeTests(Base):
         self.assertTrue(asked)
         self.assertLessEqual(max(asked), C.MAXPHYS)
         self.assertEqual((u.stats.errors, u.maxIO), (0, C.MAXPHYS))
+
+
+class ReadOnlyExportTests(TestCase):
+    """Issue 17, defect 2: a ,ro export imported is served read-only."""
+
+    def setUp(self):
+        self.content = os.urandom(SIZE)
+        self.path = makeImage(self, fill=self.content)
+        self.exp = exporterNode(self, [("serno/RO", self.path, True)])
+        self.imp, self.clock = importerNode()
+        self.wires = [Wire(self.exp, self.imp)]
+        self.unit = self.imp.importer.lookup("serno/RO")
+
+    def test_opensReadOnlyAfterRefusal(self):
+        """
+        The exporter refuses the write open (0x22); the unit opens
+        read-only, reads work, writes fail locally, and NBD GO after the
+        open advertises NBD_FLAG_READ_ONLY.
+        """
+        from xdiskd.nbd import wire
+        from xdiskd.nbd.options import Negotiator
+        u = self.unit
+        self.assertFalse(u.readOnly)
+        d = Negotiator(self.imp.importer).handleOption(
+            wire.OPT_GO, wire.encodeExportRequest("xa0"))
+        decision = run(self.wires, d)
+        self.assertEqual(u.state, "open")
+        self.assertTrue(u.readOnly)
+        self.assertTrue(decision.export.flags & wire.FLAG_READ_ONLY)
+        self.assertFalse(decision.export.flags & wire.FLAG_SEND_TRIM)
+        [txn] = self.exp.exporter.exports["serno/RO"].opens
+        self.assertEqual(txn.data.modes, C.BLKOPEN_RD)
+        self.assertEqual(run(self.wires, u.read(0, 4096)),
+                         self.content[:4096])
+        self.failureResultOf(u.write(0, b"x" * 512), ReadOnlyError)
+        self.assertEqual(readFile(self.path), self.content)
+
+    def test_firstOpenAsksWriteAgain(self):
+        """
+        Once closed, the next first open asks for write access again
+        (the export may have changed), and falls back again.
+        """
+        u = self.unit
+        run(self.wires, u.open())
+        run(self.wires, u.close())
+        self.assertEqual(u.state, "closed")
+        sent = []
+        orig = self.exp.exporter._open
+
+        def spy(export, txn, msg):
+            sent.append(msg.ext.modes)
+            return orig(export, txn, msg)
+        self.exp.exporter._open = spy
+        run(self.wires, u.open())
+        self.assertEqual(sent, [C.BLKOPEN_RD | C.BLKOPEN_WR, C.BLKOPEN_RD])
+        self.assertTrue(u.readOnly)

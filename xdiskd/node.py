@@ -44,7 +44,8 @@ class Node:
         if self.relay is not None:
             return LnkConn(peer_mask=(1 << 64) - 1, peer_type=C.PEER_ROUTER,
                            proto_version=C.SPAN_PROTO_1,
-                           peer_label="%s/xdiskd-relay" % (self.hostname,))
+                           peer_label=("%s/xdiskd-relay" % (
+                               self.hostname,)).encode("utf-8"))
         if self.exporter is not None:
             peerType = C.PEER_BLOCK
             label = "%s/xdiskd" % (self.hostname,)
@@ -53,7 +54,8 @@ class Node:
             label = "%s/xdisk" % (self.hostname,)
         mask = 1 << C.PEER_BLOCK if self.importer is not None else 0
         return LnkConn(peer_mask=mask, peer_type=peerType,
-                       proto_version=C.SPAN_PROTO_1, peer_label=label)
+                       proto_version=C.SPAN_PROTO_1,
+                       peer_label=label.encode("utf-8"))
 
     def linkMade(self, link: DMSGLink) -> None:
         self.links[link] = None

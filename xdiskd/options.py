@@ -135,6 +135,10 @@ class Options(usage.Options):
         ["inline-io", None,
          "Do export-side disk I/O in the reactor thread (fast for files "
          "in the page cache; blocks on slow devices)."],
+        ["seed-open-modes", None,
+         "Let writes under a read-only BLK_OPEN through on read-write "
+         "exports, for DragonFly's xdisk client (it opens read-only, then "
+         "writes).  Read-only exports refuse writes either way."],
         ["no-control", None, "Do not open the control socket."],
         ["tls-no-client-auth", None,
          "tls: listeners accept clients without a certificate (TLS then "
@@ -211,6 +215,10 @@ class Options(usage.Options):
         ["nbd-handshake-timeout", None, 30.0,
          "Seconds an NBD client may take to reach transmission.",
          _seconds("nbd-handshake-timeout", positive=True)],
+        ["nbd-memory", None, "256M",
+         "Request and reply bytes all NBD clients together may make the "
+         "daemon hold (e.g. 256M); past it, the clients holding most are "
+         "not read from until they take their replies."],
     ]
 
     def __init__(self) -> None:
@@ -314,6 +322,7 @@ class Options(usage.Options):
             self["link-limits"] = parseLinkLimits(self["link-limit"])
         except ValueError as e:
             raise usage.UsageError("--link-limit: %s" % (e,))
+        self["nbd-memory"] = _nbdMemory(self["nbd-memory"])
         for desc in self["connect"]:
             if isTLS(desc):
                 try:
@@ -411,3 +420,18 @@ def ensureImages(images: List[Any]) -> None:
             f.truncate(size)
         Logger().info("created sparse image {path} of {size} bytes",
                       path=os.path.abspath(path), size=size)
+
+
+def _nbdMemory(value: Any) -> int:
+    """--nbd-memory: a size such as 256M, at least the budget's minimum."""
+    from xdiskd.dmsg.limits import _size
+    from xdiskd.nbd.budget import MIN_BUDGET
+    try:
+        size = value if isinstance(value, int) else _size(str(value))
+    except ValueError:
+        raise usage.UsageError(
+            "--nbd-memory: %r is not a size (e.g. 256M)" % (value,))
+    if size < MIN_BUDGET:
+        raise usage.UsageError("--nbd-memory: %r is below %d bytes" % (
+            value, MIN_BUDGET))
+    return size

@@ -35,7 +35,7 @@ from xdiskd.dmsg.wire import LnkSpan, Message
 
 MAX_DIST = 16
 
-Identity = Tuple[int, str, str]
+Identity = Tuple[int, bytes, bytes]
 
 
 def identity(ext: LnkSpan) -> Identity:

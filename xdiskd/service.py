@@ -67,6 +67,8 @@ class XDiskService(MultiService):
         self.pool: Any = None
         self.inlineIO = False
         self.reloader: Any = None
+        self.nbdBudget: Any = None      # shared by the NBD listeners
+        self.enforceModes = True        # an exporter made later, too
         self.listeners: Dict[Service, Listener] = {}
         #: None: a failed start raises L{StartupError}; else called with
         #: its one-line message (twistd -n: print it and exit 1).
@@ -138,7 +140,7 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
     pool = StorePoolService(options["store-threads"])
     exporter = None
     if options["exports"]:
-        exporter = Exporter()
+        exporter = Exporter(enforceModes=not options["seed-open-modes"])
         for given, spec in zip(options["export"], options["exports"]):
             try:
                 store = openStore(spec, reactor, pool.pool,
@@ -163,6 +165,7 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
     NodeService(node).setServiceParent(top)
     top.reactor = reactor
     top.pool = pool
+    top.enforceModes = not options["seed-open-modes"]
     top.inlineIO = options["inline-io"]
 
     tls = options["tls"]
@@ -201,7 +204,10 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
         from xdiskd.export.local import LocalDevices, Registries
         registry = Registries(importer, LocalDevices(exporter))
     if registry is not None and options["nbd"]:
+        from xdiskd.nbd.budget import MemoryBudget
         from xdiskd.nbd.server import NBDServerFactory
+        # One budget for every NBD listener (issue 18 item 4).
+        top.nbdBudget = MemoryBudget(options["nbd-memory"])
         for given in options["nbd"]:
             desc = serverEndpointString(given, options["socket-mode"])
             ep = _serverEndpoint("--nbd", given, lambda: serverFromString(
@@ -212,7 +218,8 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
                     registry, tlsRequired=tls.nbdMode == "require",
                     tlsContextFactory=tls.nbdContextFactory(),
                     peerCheck=tls.nbdPeerPolicy(), clock=reactor,
-                    handshakeTimeout=options["nbd-handshake-timeout"]))
+                    handshakeTimeout=options["nbd-handshake-timeout"],
+                    budget=top.nbdBudget))
             svc._raiseSynchronously = True
             skip = None
             if given == DEFAULT_NBD and getattr(options, "nbdIsDefault",

@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from xdiskd.control import exports as X
 from xdiskd.export.spec import ExportSpecError, parseExportSpec
 from xdiskd.export.store import StoreError
+from xdiskd.labels import show
 from xdiskd.xa.stats import BUCKETS
 
 
@@ -53,7 +54,7 @@ def _linkInfo(link: Any, connectors: Any) -> Dict[str, Any]:
                 connected=bool(link.connected), ready=bool(link.ready),
                 direction="out" if connector is not None else "in",
                 endpoint=connector.endpoint if connector else None,
-                peer=getattr(peer, "peer_label", None),
+                peer=show(peer.peer_label) if peer is not None else None,
                 messagesIn=link.messagesIn, messagesOut=link.messagesOut,
                 bytesIn=link.bytesIn,
                 liveness=(link.liveness.snapshot()
@@ -191,9 +192,12 @@ class ControlAPI:
             if importer is not None else []
         exps = [X.describe(e) for e in exporter.exports.values()] \
             if exporter is not None else []
+        # Spans the importer would not take as paths, by reason.
+        refused = dict(importer.refused) if importer is not None else {}
         # The last bucket is +Inf, which JSON cannot spell.
         return dict(time=self.clock(), wallclock=time.time(),
-                    buckets=list(BUCKETS[:-1]), units=units, exports=exps)
+                    buckets=list(BUCKETS[:-1]), units=units, exports=exps,
+                    spansRefused=refused)
 
     def attach(self, endpoint: str) -> Dict[str, Any]:
         """Dial a new DMSG peer, reconnecting like C{--connect}."""

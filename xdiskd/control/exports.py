@@ -26,7 +26,8 @@ def exporterOf(daemon: Any) -> Exporter:
     """
     node = daemon.node
     if node.exporter is None:
-        created = Exporter()
+        created = Exporter(enforceModes=getattr(daemon, "enforceModes",
+                                                True))
         node.exporter = created
         if getattr(node, "relay", None) is not None:
             node.relay.local = created.identities

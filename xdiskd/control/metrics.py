@@ -99,6 +99,12 @@ class Registry:
 def _units(r: Registry, importer: Any) -> None:
     if importer is None:
         return
+    for reason, n in sorted(importer.refused.items()):
+        r.counter("xdiskd_import_spans_refused_total",
+                  "Spans not taken as paths: a sector size NBD cannot "
+                  "serve (geometry), size or sector size unlike the "
+                  "unit's (mismatch), or the link's units limit.",
+                  {"reason": reason}, n)
     for unit in importer.devices():
         snap = unit.snapshot()
         stats = snap["stats"]
@@ -249,7 +255,21 @@ def render(daemon: Any) -> str:
     _units(r, node.importer)
     _links(r, node, getattr(daemon, "connectors", None))
     _exports(r, node.exporter)
+    _nbd(r, getattr(daemon, "nbdBudget", None))
     return r.render()
+
+
+def _nbd(r: Registry, budget: Any) -> None:
+    if budget is None:
+        return
+    r.gauge("xdiskd_nbd_memory_held_bytes", "Request and reply bytes held "
+            "for NBD clients (all connections).", {}, budget.held)
+    r.gauge("xdiskd_nbd_memory_budget_bytes", "The --nbd-memory budget.",
+            {}, budget.limit)
+    r.gauge("xdiskd_nbd_memory_paused_connections", "NBD connections not "
+            "read from because of the budget.", {}, budget.paused)
+    r.counter("xdiskd_nbd_memory_pauses_total", "Times an NBD connection "
+              "was paused for the budget.", {}, budget.pauses)
 
 
 class MetricsResource(Resource):

@@ -13,6 +13,9 @@ The same names are used by C{--link-limit NAME=VALUE}.
     (the rx table, §6.3).
   - C{children}: transactions the peer stacked on one parent (I/O under
     one BLK_OPEN, spans at top level); the seed keeps 64 tags per open.
+  - C{units}: xa units the peer's spans may create on an importer (the
+    importer refuses further new serials from that link, counted, and
+    keeps the link: spans to existing units still become paths).
   - C{inflight}: export I/O bytes accepted on the link and not finished
     (payloads held plus reads promised).  Reading pauses at half of it;
     messages are not dispatched while paused, so only a peer that gets
@@ -41,6 +44,7 @@ class LinkLimits(NamedTuple):
     buffered: int = 8 << 20
     transactions: int = 8192
     children: int = 1024
+    units: int = 256
     inflight: int = 64 << 20
     handshake: float = 30.0
     stall: float = 120.0
@@ -68,6 +72,7 @@ _PARSERS: Dict[str, Callable[[str], Any]] = {
     "buffered": _size,
     "transactions": _count,
     "children": _count,
+    "units": _count,
     "inflight": _size,
     "handshake": _seconds,
     "stall": _seconds,
@@ -78,6 +83,7 @@ _MINIMA: Dict[str, float] = {
     "buffered": C.HDR_MAX + C.AUX_MAX,
     "transactions": 2,
     "children": 1,
+    "units": 1,
     "inflight": C.AUX_MAX,
     "handshake": 0.1,
     "stall": 0.1,

@@ -49,6 +49,7 @@ from xdiskd.dmsg.liveness import Liveness, isPingAnswer, tuneKeepalive
 from xdiskd.io.read import leanReader
 from xdiskd.io.send import Sender, beginBatch, endBatch
 from xdiskd.io.sockets import tuneTransport
+from xdiskd.labels import clean, show
 from xdiskd.dmsg.wire import (
     BytesLike, Decoder, Encoder, Extension, FramingError, LnkConn, Message)
 
@@ -265,11 +266,11 @@ class DMSGLink(Protocol):
         why = check(self.transport) if check is not None else None
         if why is not None:
             self.log.warn("{link}: refusing TLS peer: {why}",
-                          link=self.name, why=why)
+                          link=self.name, why=clean(str(why)))
             self._abortTransport()
         else:
             self.log.info("{link}: TLS up, peer {subject}", link=self.name,
-                          subject=_peerSubject(self.transport))
+                          subject=show(_peerSubject(self.transport)))
             self.transport.registerProducer(self, True)  # type: ignore
 
     # ---------------------------------------------------------------
@@ -560,10 +561,10 @@ class DMSGLink(Protocol):
                 txn.result(0)
             self.log.info(
                 "{link}: peer LNK_CONN type={ptype} mask={mask:#x} "
-                "label={label!r}", link=self.name,
+                "label={label}", link=self.name,
                 ptype=getattr(msg.ext, "peer_type", None),
                 mask=getattr(msg.ext, "peer_mask", 0),
-                label=getattr(msg.ext, "peer_label", ""))
+                label=show(getattr(msg.ext, "peer_label", b"")))
             return True
         return self.receiver.transactionReceived(txn, msg)
 

@@ -19,6 +19,7 @@ from crc32c import crc32c as _crc32c
 
 from xdiskd.buffers import take as _takeBuffer
 from xdiskd.dmsg import constants as C
+from xdiskd.labels import show
 
 BytesLike = Union[bytes, bytearray, memoryview]
 
@@ -83,23 +84,26 @@ class EncodeError(ValueError):
 # ----------------------------------------------------------------------
 # Labels (§4.1): fixed 128-byte NUL-padded C strings.
 
-def decodeLabel(raw: bytes) -> str:
+def decodeLabel(raw: bytes) -> bytes:
     """
-    Decode a label field: forced NUL in the last byte, text up to the first
-    NUL.  Undecodable bytes survive a round trip (surrogateescape).
+    Decode a label field: forced NUL in the last byte, the bytes up to the
+    first NUL.  A label stays bytes (any bytes a peer sends); it is shown
+    only through L{xdiskd.labels.show}.
     """
     end = raw.find(b"\0", 0, C.LABEL_SIZE - 1)
     if end < 0:
         end = C.LABEL_SIZE - 1
-    return raw[:end].decode("utf-8", "surrogateescape")
+    return bytes(raw[:end])
 
 
-def encodeLabel(label: str) -> bytes:
+def encodeLabel(label: bytes) -> bytes:
     """Encode a label; at most 127 bytes so the field stays NUL-ended."""
-    raw = label.encode("utf-8", "surrogateescape")
-    if len(raw) >= C.LABEL_SIZE or b"\0" in raw:
-        raise EncodeError("label too long or contains NUL: %r" % (label,))
-    return raw
+    if not isinstance(label, bytes):
+        raise EncodeError("label is not bytes: %s" % (type(label).__name__,))
+    if len(label) >= C.LABEL_SIZE or b"\0" in label:
+        raise EncodeError("label too long or contains NUL: %s" % (
+            show(label),))
+    return label
 
 
 # ----------------------------------------------------------------------
@@ -127,7 +131,7 @@ class LnkConn(NamedTuple):
     peer_mask: int = 0
     peer_type: int = 0
     proto_version: int = C.SPAN_PROTO_1
-    peer_label: str = ""
+    peer_label: bytes = b""
     status: int = 0
     rnss: int = 0
     media_id: bytes = _U16
@@ -164,8 +168,8 @@ class LnkSpan(NamedTuple):
     peer_type: int = C.PEER_BLOCK
     media_bytes: int = 0
     media_blksize: int = 0
-    peer_label: str = ""
-    pfs_label: str = ""
+    peer_label: bytes = b""
+    pfs_label: bytes = b""
     proto_version: int = C.SPAN_PROTO_1
     pfs_type: int = C.PFSTYPE_DEFAULT
     dist: int = 0

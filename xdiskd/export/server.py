@@ -12,6 +12,15 @@ Unlike the C server we check every request against the medium: anything
 reaching outside it, a READ/WRITE of zero bytes or over DMSG_AUX_MAX, or
 a write to a read-only export is answered DMSG_ERR_IO (0x22), because
 the seed's client retries forever on any other error (§9.3).
+
+BLK_OPEN modes (§4.4) are enforced, which DragonFly's server does not do
+past its dev_dopen() (subr_diskiocom.c disk_blk_open): a BLK_OPEN asking
+for write access to a read-only export is refused with DMSG_ERR_IO, the
+code DragonFly answers when dev_dopen() fails (EROFS included), and I/O
+under an open that the open's modes do not allow (a write or FREEBLKS
+without BLKOPEN_WR, a read without BLKOPEN_RD) is answered DMSG_ERR_IO,
+unless C{enforceModes} is off (C{--seed-open-modes}): DragonFly's own
+client (xdisk.c xa_open) opens with BLKOPEN_RD only and then writes.
 """
 
 from __future__ import annotations
@@ -24,11 +33,19 @@ from twisted.python.failure import Failure
 
 from xdiskd.dmsg import constants as C
 from xdiskd.dmsg.link import DMSGLink, LinkError, Transaction
-from xdiskd.dmsg.wire import BlkIO, LnkSpan, Message
+from xdiskd.dmsg.wire import BlkIO, BlkOpen, LnkSpan, Message
 from xdiskd.errors import MediaError
+from xdiskd.labels import show
 
 _IO_CMDS = frozenset((C.BLK_READ, C.BLK_WRITE, C.BLK_FLUSH,
                       C.BLK_FREEBLKS))
+
+# The BLK_OPEN modes of which each I/O needs one (FLUSH: either).
+_NEEDS = {C.BLK_READ: C.BLKOPEN_RD, C.BLK_WRITE: C.BLKOPEN_WR,
+          C.BLK_FREEBLKS: C.BLKOPEN_WR,
+          C.BLK_FLUSH: C.BLKOPEN_RD | C.BLKOPEN_WR}
+_OP_NAMES = {C.BLK_READ: "READ", C.BLK_WRITE: "WRITE",
+             C.BLK_FLUSH: "FLUSH", C.BLK_FREEBLKS: "FREEBLKS"}
 
 # Per-link bound on request bytes in flight (payloads held + read buffers
 # promised); beyond it we stop reading from that link.
@@ -61,8 +78,8 @@ class Export:
                        proto_version=C.SPAN_PROTO_1,
                        media_bytes=self.store.size,
                        media_blksize=self.spec.blksize,
-                       peer_label=self.spec.label,
-                       pfs_label=self.spec.serial,
+                       peer_label=self.spec.label.encode("utf-8"),
+                       pfs_label=self.spec.serial.encode("utf-8"),
                        media_maxio=C.AUX_MAX)
 
     def whenIdle(self) -> Deferred:
@@ -81,13 +98,14 @@ class Export:
 
 
 class _OpenState:
-    """Per BLK_OPEN: its export and whether a refusal was logged."""
+    """Per BLK_OPEN: its export, its modes, whether a refusal was logged."""
 
-    __slots__ = ("export", "roLogged")
+    __slots__ = ("export", "modes", "refusedLogged")
 
-    def __init__(self, export: Export) -> None:
+    def __init__(self, export: Export, modes: int) -> None:
         self.export = export
-        self.roLogged = False
+        self.modes = modes
+        self.refusedLogged = False
 
 
 class _LinkState:
@@ -108,10 +126,14 @@ class Exporter:
 
     log = Logger()
 
-    def __init__(self, linkInflight: int = DEFAULT_LINK_INFLIGHT) -> None:
+    def __init__(self, linkInflight: int = DEFAULT_LINK_INFLIGHT,
+                 enforceModes: bool = True) -> None:
         self.exports: Dict[str, Export] = {}
         self.links: Dict[DMSGLink, _LinkState] = {}
         self.linkInflight = linkInflight
+        # False (--seed-open-modes): I/O under an open ignores its modes
+        # (DragonFly's xdisk opens RD only and writes under that open).
+        self.enforceModes = enforceModes
 
     # ---------------------------------------------------------------
     # Exports
@@ -154,7 +176,8 @@ class Exporter:
 
     def identities(self) -> frozenset:
         """(peer type, pfs_label, peer_label) of every export's span."""
-        return frozenset((C.PEER_BLOCK, e.serial, e.spec.label)
+        return frozenset((C.PEER_BLOCK, e.serial.encode("utf-8"),
+                          e.spec.label.encode("utf-8"))
                          for e in self.exports.values())
 
     # ---------------------------------------------------------------
@@ -214,7 +237,21 @@ class Exporter:
             # §8.1: a result (not a return) carrying DMSG_ERR_IO.
             txn.result(C.ERR_IO)
             return True
-        state = _OpenState(export)
+        ext = msg.ext
+        modes = ext.modes if isinstance(ext, BlkOpen) else 0
+        if modes & C.BLKOPEN_WR and export.spec.readOnly:
+            # DragonFly: dev_dopen(FWRITE) fails, answered DMSG_ERR_IO.
+            # The importer then opens read-only.
+            export.errors += 1
+            self.log.info("{link}: export {serial} is read-only: refusing "
+                          "a write open", link=txn.link.name,
+                          serial=show(export.serial))
+            if txn.rxDelete:
+                txn.reply(C.ERR_IO)
+            else:
+                txn.result(C.ERR_IO)
+            return True
+        state = _OpenState(export, modes)
         txn.data = state
         txn.handler = self._openMessage
         txn.onChild = self._openChild
@@ -247,8 +284,10 @@ class Exporter:
         if msg.cmd & C.BASECMDMASK != C.BLK_READ:
             return False
         ext = msg.ext
-        export: Export = parent.data.export
-        if type(ext) is not BlkIO or export.withdrawn:
+        state: _OpenState = parent.data
+        export = state.export
+        if (type(ext) is not BlkIO or export.withdrawn
+                or not state.modes & C.BLKOPEN_RD):
             return False
         offset = ext.offset
         length = ext.length
@@ -296,11 +335,21 @@ class Exporter:
             if offset + length > size:
                 return self._refuse(export, txn)
         if icmd in (C.BLK_WRITE, C.BLK_FREEBLKS) and export.spec.readOnly:
-            if state is not None and not state.roLogged:
-                state.roLogged = True
-                self.log.warn("{link}: export {serial} is read-only: "
-                              "refusing writes on this open",
-                              link=txn.link.name, serial=export.serial)
+            # Probe writes on the span (an open asking WR was refused).
+            return self._refuse(export, txn)
+        if (state is not None and not state.modes & _NEEDS.get(icmd, 0)
+                and self.enforceModes):
+            # I/O the open's modes do not allow (§4.4).
+            if not state.refusedLogged:
+                state.refusedLogged = True
+                self.log.warn("{link}: export {serial}: refusing {op} on "
+                              "an open with modes {modes:#x}{hint}",
+                              link=txn.link.name, serial=show(export.serial),
+                              op=_OP_NAMES[icmd], modes=state.modes,
+                              hint=" (DragonFly's xdisk client opens read-"
+                              "only, then writes: --seed-open-modes lets it)"
+                              if icmd == C.BLK_WRITE and not
+                              export.spec.readOnly else "")
             return self._refuse(export, txn)
         if icmd == C.BLK_READ or icmd == C.BLK_WRITE:
             # Hard cap (limits.py): reading pauses long before this.

@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 
 from xdiskd import errors
 from xdiskd.interfaces import ICallbackBlockDevice
+from xdiskd.labels import clean
 from xdiskd.nbd import wire
 from xdiskd.nbd.options import Export
 
@@ -289,10 +290,11 @@ class Transmission:
         if f.check(CancelledError):
             return None
         if f.check(Refused):
-            return self.errorReply(req.cookie, f.value.errno, str(f.value))
+            return self.errorReply(req.cookie, f.value.errno,
+                                   clean(str(f.value)))
         for cls, errno in ERRNO_MAP:
             if f.check(cls):
-                return self.errorReply(req.cookie, errno, str(f.value))
+                return self.errorReply(req.cookie, errno, clean(str(f.value)))
         self.unexpected(f)
         return self.errorReply(req.cookie, wire.EIO, "internal error")
 

@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from xdiskd.labels import clean, show
 from xdiskd.nbd import wire
 
 log = Logger(namespace="xdiskd.nbd.options")
@@ -177,8 +178,9 @@ class Negotiator:
         available = ", ".join(
             d.name for d in self.registry.devices())
         return self._error(option, wire.REP_ERR_UNKNOWN,
-                           "no export %r; available: %s"
-                           % (name or DEFAULT_EXPORT, available or "none"))
+                           "no export '%s'; available: %s"
+                           % (show(name or DEFAULT_EXPORT),
+                              show(available) or "none"))
 
     def _export(self, device: BlockDevice, agreed: bool,
                 sameMetaDevice: bool) -> Export:
@@ -212,8 +214,7 @@ class Negotiator:
         if data:
             return self._error(option, wire.REP_ERR_INVALID,
                                "NBD_OPT_LIST takes no data")
-        replies = [wire.serverReply(option, d.name,
-                                    str(d.serial))
+        replies = [wire.serverReply(option, show(d.name), show(d.serial))
                    for d in self.registry.devices()]
         replies.append(wire.optionReply(option, wire.REP_ACK))
         return Decision(replies)
@@ -266,10 +267,10 @@ class Negotiator:
         # Unasked, NAME is still sent when the client used an alias (a
         # serial, or the empty default name); proto.md allows extra items.
         if wire.INFO_NAME in infos or name != device.name:
-            replies.append(wire.infoName(option, device.name))
+            replies.append(wire.infoName(option, show(device.name)))
         if wire.INFO_DESCRIPTION in infos:
-            replies.append(wire.infoDescription(
-                option, str(device.serial)))
+            replies.append(wire.infoDescription(option,
+                                                show(device.serial)))
         if wire.INFO_BLOCK_SIZE in infos:
             replies.append(wire.infoBlockSize(
                 option, *blockSizes(device, self.maxPayload)))
@@ -290,18 +291,23 @@ class Negotiator:
         # Agreeing to block sizes takes a BLOCK_SIZE request in GO itself.
         agreed = wire.INFO_BLOCK_SIZE in infos
         # "the final time it was sent, it referred to the same export"
-        export = self._export(device, agreed, self._metaDevice is device)
-        success = Decision(self._infoReplies(option, device, name, infos),
-                           TRANSMIT, export)
+        sameMeta = self._metaDevice is device
+
+        def opened(_: Any) -> Decision:
+            # Flags after the open: a unit the exporter would only open
+            # read-only is read-only from now on (its READ_ONLY flag).
+            return Decision(self._infoReplies(option, device, name, infos),
+                            TRANSMIT, self._export(device, agreed, sameMeta))
 
         def failed(f: Failure) -> Decision:
+            error = clean(str(f.value))
             log.info("NBD GO {name}: open failed: {error}",
-                     name=device.name, error=f.value)
+                     name=show(device.name), error=error)
             return self._error(option, wire.REP_ERR_UNKNOWN,
                                "export %s cannot be opened: %s"
-                               % (device.name, f.value))
+                               % (show(device.name), error))
 
-        return self._open(device).addCallbacks(lambda _: success, failed)
+        return self._open(device).addCallbacks(opened, failed)
 
     def _exportName(self, option: int,
                     data: bytes) -> Union[Decision, Deferred]:
@@ -313,16 +319,20 @@ class Negotiator:
         if device is None:
             return Decision([], CLOSE)
 
-        export = self._export(device, False, self._metaDevice is device)
-        success = Decision([wire.exportNameReply(
-            int(device.size), export.flags, self.noZeroes)], TRANSMIT, export)
+        sameMeta = self._metaDevice is device
+
+        def opened(_: Any) -> Decision:
+            export = self._export(device, False, sameMeta)
+            return Decision([wire.exportNameReply(
+                int(device.size), export.flags, self.noZeroes)], TRANSMIT,
+                export)
 
         def failed(f: Failure) -> Decision:
             log.info("NBD EXPORT_NAME {name}: open failed: {error}",
-                     name=device.name, error=f.value)
+                     name=show(device.name), error=clean(str(f.value)))
             return Decision([], CLOSE)
 
-        return self._open(device).addCallbacks(lambda _: success, failed)
+        return self._open(device).addCallbacks(opened, failed)
 
     def _open(self, device: BlockDevice) -> Deferred:
         return maybeDeferred(device.open)

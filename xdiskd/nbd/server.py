@@ -17,7 +17,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from xdiskd.labels import clean
 from xdiskd.nbd import wire
+from xdiskd.nbd.budget import MemoryBudget
 from xdiskd.nbd.commands import NOT_DIRECT, SectorLocks, Transmission
 from xdiskd.nbd.options import (CLOSE, STARTTLS, TRANSMIT, Decision, Export,
                                 Negotiator)
@@ -41,6 +43,7 @@ _PAUSE_TRANSPORT = 2
 _PAUSE_STOPPED = 4
 _PAUSE_DEVICE = 8
 _PAUSE_OPENING = 16     # GO/EXPORT_NAME waits for the device to open
+_PAUSE_BUDGET = 32      # the daemon-wide NBD memory budget (budget.py)
 
 #: Default seconds from connection to the transmission phase.
 HANDSHAKE_TIMEOUT = 30.0
@@ -55,7 +58,8 @@ class NBDServerProtocol(Protocol):
     the transport's send buffer fills, and more than the factory's
     C{maxBufferedBytes} of replies were written since, it stops reading
     requests; likewise while more than C{maxInflightBytes} of READ/WRITE
-    data or C{maxInflightRequests} requests are in flight.
+    data or C{maxInflightRequests} requests are in flight, and while the
+    factory's L{MemoryBudget} (shared by every connection) says so.
     """
 
     factory: Any  # an NBDServerFactory
@@ -75,6 +79,8 @@ class NBDServerProtocol(Protocol):
         self._disconnecting = False
         self._transportFull = False
         self._writtenSinceFull = 0
+        self._replyHeld = 0     # reply bytes written while the buffer is full
+        self.budgetHeld = 0     # what the factory's budget counts for us
         self._device: Any = None
         self._transmission: Optional[Transmission] = None
         self._logged: Set[type] = set()
@@ -93,6 +99,7 @@ class NBDServerProtocol(Protocol):
             maxPayload=f.maxPayload)
         self._connected = True
         f.connections.add(self)
+        f.budget.add(self)
         tuneTransport(self.transport)
         self._writer = Sender(self.transport)
         # STARTTLS may come: the reader looks the protocol up each time.
@@ -143,6 +150,7 @@ class NBDServerProtocol(Protocol):
             log.warn("NBD connection closed; {count} more unexpected errors "
                      "were not logged", count=self._suppressed)
         self.factory.connections.discard(self)
+        self.factory.budget.remove(self)
         waiters, self._closedWaiters = self._closedWaiters, []
         for d in waiters:
             d.callback(None)
@@ -154,7 +162,18 @@ class NBDServerProtocol(Protocol):
 
     def resumeProducing(self) -> None:
         self._transportFull = False
+        if self._replyHeld:
+            # The send buffer is empty again: its replies are gone.
+            self.factory.budget.change(self, -self._replyHeld)
+            self._replyHeld = 0
         self._unpause(_PAUSE_TRANSPORT)
+
+    # -- the daemon-wide memory budget (L{MemoryBudget}) --------------------
+    def budgetPaused(self) -> None:
+        self._pause(_PAUSE_BUDGET)
+
+    def budgetResumed(self) -> None:
+        self._unpause(_PAUSE_BUDGET)
 
     def stopProducing(self) -> None:
         self._pauses |= _PAUSE_STOPPED
@@ -239,7 +258,7 @@ class NBDServerProtocol(Protocol):
 
     def _protocolError(self, error: wire.NBDProtocolError) -> None:
         log.warn("NBD client {peer} broke the protocol: {error}; closing",
-                 peer=_peer(self.transport), error=str(error))
+                 peer=_peer(self.transport), error=clean(str(error)))
         self._close()
 
     def _clientFlags(self, flags: wire.ClientFlags) -> None:
@@ -305,7 +324,7 @@ class NBDServerProtocol(Protocol):
         why = check(self.transport) if check is not None else None
         if why is not None:
             log.warn("NBD client {peer}: refusing TLS client: {why}",
-                     peer=_peer(self.transport), why=why)
+                     peer=_peer(self.transport), why=clean(str(why)))
             self._abort()
 
     def _handshakeDue(self) -> None:
@@ -341,6 +360,8 @@ class NBDServerProtocol(Protocol):
         self._inflightBytes += cost
         key = self._nextKey = self._nextKey + 1
         f = self.factory
+        if cost:
+            f.budget.change(self, cost)
         if (self._inflightBytes > f.maxInflightBytes
                 or len(self._pending) >= f.maxInflightRequests):
             self._pause(_PAUSE_INFLIGHT)
@@ -391,6 +412,8 @@ class NBDServerProtocol(Protocol):
         if pieces is not None and self._connected:
             self._write(pieces)
         f = self.factory
+        if cost:
+            f.budget.change(self, -cost)
         if (self._pauses & _PAUSE_INFLIGHT
                 and self._inflightBytes <= f.maxInflightBytes
                 and len(self._pending) < f.maxInflightRequests):
@@ -404,6 +427,8 @@ class NBDServerProtocol(Protocol):
             n += len(p)
         self._writer.writeSeq(pieces, n)
         if self._transportFull:
+            self._replyHeld += n
+            self.factory.budget.change(self, n)
             self._writtenSinceFull += n
             if self._writtenSinceFull > self.factory.maxBufferedBytes:
                 self._pause(_PAUSE_TRANSPORT)
@@ -485,6 +510,8 @@ class NBDServerFactory(Factory):
     @param handshakeTimeout: seconds from connection to transmission;
         slower clients are disconnected (time spent opening the device
         does not count).
+    @param budget: the L{MemoryBudget} shared with the daemon's other
+        NBD listeners (None: one of its own, 256 MiB).
     @ivar connections: the live L{NBDServerProtocol}s.
     """
 
@@ -500,7 +527,8 @@ class NBDServerFactory(Factory):
                  maxBufferedBytes: int = MAX_BUFFERED_BYTES,
                  discardLimit: int = wire.DISCARD_LIMIT,
                  peerCheck: Any = None, clock: Any = None,
-                 handshakeTimeout: float = HANDSHAKE_TIMEOUT) -> None:
+                 handshakeTimeout: float = HANDSHAKE_TIMEOUT,
+                 budget: Optional[MemoryBudget] = None) -> None:
         if tlsRequired and tlsContextFactory is None:
             raise ValueError("tlsRequired needs a tlsContextFactory")
         self.peerCheck = peerCheck
@@ -514,6 +542,7 @@ class NBDServerFactory(Factory):
         self.maxInflightRequests = maxInflightRequests
         self.maxBufferedBytes = maxBufferedBytes
         self.discardLimit = discardLimit
+        self.budget = budget if budget is not None else MemoryBudget()
         self.connections: Set[NBDServerProtocol] = set()
         self._locks: Dict[int, Tuple[Any, SectorLocks, int]] = {}
 

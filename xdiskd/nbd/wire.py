@@ -499,6 +499,22 @@ def parseMetaContextRequest(data: bytes) -> Tuple[str, Tuple[str, ...]]:
 
 
 # -- server replies, handshake phase -----------------------------------------
+def encodeText(text: str, limit: int = MAX_STRING) -> bytes:
+    """
+    A protocol string: UTF-8 (proto.md: strings are UTF-8) whatever
+    C{text} holds (a lone surrogate becomes a backslash escape instead of
+    raising), cut to C{limit} bytes at a character boundary.  Callers pass
+    peer-supplied text through L{xdiskd.labels.show} first.
+    """
+    raw = text.encode("utf-8", "backslashreplace")
+    if len(raw) > limit:
+        cut = limit
+        while cut and raw[cut] & 0xC0 == 0x80:   # inside a UTF-8 sequence
+            cut -= 1
+        raw = raw[:cut]
+    return raw
+
+
 def optionReply(option: int, replyType: int, data: bytes = b"") -> bytes:
     """Return one option reply (header and data)."""
     return _OPTION_REPLY.pack(OPTION_REPLY_MAGIC, option, replyType,
@@ -507,15 +523,14 @@ def optionReply(option: int, replyType: int, data: bytes = b"") -> bytes:
 
 def optionError(option: int, replyType: int, message: str = "") -> bytes:
     """Return an error option reply carrying a human-readable message."""
-    text = message.encode("utf-8")[:MAX_STRING]
-    return optionReply(option, replyType, text)
+    return optionReply(option, replyType, encodeText(message))
 
 
 def serverReply(option: int, name: str, description: str = "") -> bytes:
     """Return an NBD_REP_SERVER reply describing one export."""
-    raw = name.encode("utf-8")
+    raw = encodeText(name)
     return optionReply(option, REP_SERVER, _U32.pack(len(raw)) + raw
-                       + description.encode("utf-8")[:MAX_STRING])
+                       + encodeText(description))
 
 
 def infoExport(option: int, size: int, flags: int) -> bytes:
@@ -527,13 +542,13 @@ def infoExport(option: int, size: int, flags: int) -> bytes:
 def infoName(option: int, name: str) -> bytes:
     """Return an NBD_REP_INFO reply with NBD_INFO_NAME."""
     return optionReply(option, REP_INFO,
-                       _U16.pack(INFO_NAME) + name.encode("utf-8"))
+                       _U16.pack(INFO_NAME) + encodeText(name))
 
 
 def infoDescription(option: int, text: str) -> bytes:
     """Return an NBD_REP_INFO reply with NBD_INFO_DESCRIPTION."""
     return optionReply(option, REP_INFO, _U16.pack(INFO_DESCRIPTION)
-                       + text.encode("utf-8")[:MAX_STRING])
+                       + encodeText(text))
 
 
 def infoBlockSize(option: int, minimum: int, preferred: int,
@@ -546,7 +561,7 @@ def infoBlockSize(option: int, minimum: int, preferred: int,
 def metaContextReply(option: int, contextId: int, name: str) -> bytes:
     """Return an NBD_REP_META_CONTEXT reply."""
     return optionReply(option, REP_META_CONTEXT,
-                       _U32.pack(contextId) + name.encode("utf-8"))
+                       _U32.pack(contextId) + encodeText(name))
 
 
 def exportNameReply(size: int, flags: int, noZeroes: bool) -> bytes:
@@ -596,7 +611,7 @@ def blockStatusChunk(cookie: int, contextId: int,
 def errorChunk(cookie: int, error: int, message: str = "",
                done: bool = True) -> bytes:
     """Return an NBD_REPLY_TYPE_ERROR chunk."""
-    text = message.encode("utf-8")[:MAX_STRING]
+    text = encodeText(message)
     return _ERROR_CHUNK.pack(
         STRUCTURED_REPLY_MAGIC, REPLY_FLAG_DONE if done else 0,
         REPLY_TYPE_ERROR, cookie, 6 + len(text), error, len(text)) + text

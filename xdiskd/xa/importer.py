@@ -3,14 +3,25 @@ The import side: track LNK_SPANs from every link and keep one xa unit per
 distinct label (spec §9.2).
 
 Units are keyed by the first 63 bytes of the span's pfs_label (the seed's
-64-byte buffers), named C{xa<N>} with N the lowest free number.  Several
-spans with one label, on any links, are several paths to one unit.  A
-unit with no spans, no opens and no I/O is torn down after C{linger}
-seconds and its number freed (the seed compiled this out).
+64-byte buffers; labels are bytes, L{xdiskd.labels}), named C{xa<N>} with
+N the lowest free number (a heap of freed numbers: O(log n) a unit).
+Several spans with one label, on any links, are several paths to one
+unit.  A unit with no spans, no opens and no I/O is torn down after
+C{linger} seconds and its number freed (the seed compiled this out).
+
+A span is refused (not a path; counted in C{refused}, logged) when its
+sector size is not a power of two in 512..65536 (0 means 512; NBD's
+minimum block must be a power of two up to 64 KiB, DragonFly's I/O at
+least DEV_BSIZE), when its size or sector size disagrees with the
+unit's, or when it would create a unit beyond its link's C{units} limit
+(C{--link-limit units=N}).  A
+stated maximum I/O below max(sector size, 64 KiB) is raised to that
+floor: a hostile path must not shrink the unit's chunks.
 """
 
 from __future__ import annotations
 
+import heapq
 from typing import Any, Dict, List, Optional
 
 from twisted.logger import Logger
@@ -20,16 +31,18 @@ from xdiskd.dmsg import constants as C
 from xdiskd.dmsg.link import DMSGLink, Transaction
 from xdiskd.dmsg.wire import LnkSpan
 from xdiskd.interfaces import IBlockDeviceRegistry
+from xdiskd.labels import parse, show, unitKey
 from xdiskd.xa.unit import DEFAULT_MAX_IO, MAXTAGS, XAUnit
 
-LABEL_KEEP = 63
 DEFAULT_LINGER = 60.0
-
-
-def unitKey(label: str) -> str:
-    """The seed's label truncation: the first 63 bytes (§4.1)."""
-    raw = label.encode("utf-8", "surrogateescape")[:LABEL_KEEP]
-    return raw.decode("utf-8", "surrogateescape")
+#: Smallest maximum I/O a path may state (with the sector size, if larger).
+MIN_PATH_IO = 64 * 1024
+#: Sector sizes a span may state (0: not stated, DEV_BSIZE).
+MIN_SECTOR, MAX_SECTOR, DEFAULT_SECTOR = 512, 65536, 512
+#: Spans refused for a reason are logged the first few times, then every
+#: thousandth (a peer may make and withdraw spans in a loop).
+_LOG_FIRST = 10
+_LOG_EVERY = 1000
 
 
 @implementer(IBlockDeviceRegistry)
@@ -37,7 +50,9 @@ class Importer:
     """
     Builds and tears down xa units from the spans the links carry.
 
-    @ivar units: label key → unit.
+    @ivar units: label key (bytes) → unit.
+    @ivar refused: reason (C{"geometry"}, C{"mismatch"}, C{"units"}) →
+        spans refused.
     """
 
     log = Logger()
@@ -53,24 +68,43 @@ class Importer:
         self.linger = linger
         self.maxIO = maxIO
         self.maxTags = maxTags
+        # Unit names (xa1) or serials in their shown form (labels.show).
         self.readOnly = set(readOnly)
         self.stallTimeout = stallTimeout
         #: Seconds between asking open units whether a better path exists
         #: (L{XAUnit.reconsiderPath}); 0: never.
         self.pathCheck = pathCheck
         self._pathCall: Any = None
-        self.units: Dict[str, XAUnit] = {}
+        self._readOnlyKeys = {unitKey(parse(s)) for s in self.readOnly}
+        self.units: Dict[bytes, XAUnit] = {}
+        self._byName: Dict[str, XAUnit] = {}
+        self.refused: Dict[str, int] = {"geometry": 0, "mismatch": 0,
+                                        "units": 0}
         self._lingers: Dict[XAUnit, Any] = {}
         self._spanUnits: Dict[Transaction, XAUnit] = {}
         self._watchers: List[Any] = []
+        # Unit numbers: next never used, and a heap of freed ones.
+        self._nextNumber = 0
+        self._freeNumbers: List[int] = []
+        # Link → units created by its spans and not yet torn down.
+        self._created: Dict[DMSGLink, int] = {}
 
     # ---------------------------------------------------------------
     # IBlockDeviceRegistry
 
     def lookup(self, name: str) -> Optional[XAUnit]:
-        for unit in self.units.values():
-            if unit.name == name or unit.serial == name:
-                return unit
+        """
+        A unit by name (C{xa1}) or serial (its shown form, or UTF-8).
+        Names come first: a peer's span with serial C{xa0} does not
+        take over the name of another peer's unit xa0.
+        """
+        unit = self._byName.get(name)
+        if unit is not None:
+            return unit
+        serial = parse(name)
+        unit = self.units.get(unitKey(serial))
+        if unit is not None and serial == unit.serial:
+            return unit
         return None
 
     def devices(self) -> List[XAUnit]:
@@ -89,22 +123,52 @@ class Importer:
         path to the unit of its label, created on first sight.
         """
         key = unitKey(ext.pfs_label)
+        sector = ext.media_blksize or DEFAULT_SECTOR
+        if sector & (sector - 1) or not MIN_SECTOR <= sector <= MAX_SECTOR:
+            self._refuse("geometry", "{link}: span {serial} refused: sector "
+                         "size {sector} is not a power of two in 512..65536",
+                         link=txn.link.name, serial=show(key), sector=sector)
+            return
         unit = self.units.get(key)
         if unit is None:
-            unit = self._create(key, ext)
-        elif ext.media_bytes != unit.size:
-            self.log.warn("{unit}: span via {link} says {size} bytes, unit "
-                          "has {have}; using it as a path anyway",
-                          unit=unit.name, link=txn.link.name,
-                          size=ext.media_bytes, have=unit.size)
+            link = txn.link
+            made = self._created.get(link, 0)
+            cap = link.limits.units
+            if made >= cap:
+                self._refuse("units", "{link}: span {serial} refused: the "
+                             "link made {n} units already (limit units="
+                             "{cap})", link=link.name, serial=show(key),
+                             n=made, cap=cap)
+                return
+            unit = self._create(key, ext, link)
+        elif ext.media_bytes != unit.size or sector != unit.sectorSize:
+            # Not the same disk, whatever its serial says.
+            self._refuse("mismatch", "{unit}: span via {link} refused: it "
+                         "says {size} bytes, sector {sector}; the unit has "
+                         "{have}, sector {haveSector}", unit=unit.name,
+                         link=txn.link.name, size=ext.media_bytes,
+                         sector=ext.media_blksize, have=unit.size,
+                         haveSector=unit.sectorSize)
+            return
         self._spanUnits[txn] = unit
         self._touch(unit)
         if self.pathCheck > 0 and self._pathCall is None:
             self._pathCall = self.reactor.callLater(self.pathCheck,
                                                     self._checkPaths)
         # §8.3: DragonFly takes READ/WRITEs of up to 128 KiB and states
-        # no limit; an xdiskd exporter states its own (see LnkSpan).
-        unit.spanAdded(txn, ext.media_maxio or C.DRAGONFLY_MAX_IO)
+        # no limit; an xdiskd exporter states its own (see LnkSpan).  A
+        # smaller statement is raised to the floor: a path stating 1 byte
+        # once cut the unit's I/O to 512 bytes (45x slower writes).
+        maxIO = max(ext.media_maxio or C.DRAGONFLY_MAX_IO,
+                    max(unit.sectorSize, MIN_PATH_IO))
+        unit.spanAdded(txn, maxIO)
+
+    def _refuse(self, reason: str, fmt: str, **kw: Any) -> None:
+        """Count a refused span; log the first few and every 1000th."""
+        n = self.refused[reason] = self.refused[reason] + 1
+        if n <= _LOG_FIRST or n % _LOG_EVERY == 0:
+            self.log.warn(fmt + " ({refused} refused so far)", refused=n,
+                          **kw)
 
     def spanDeleted(self, txn: Transaction) -> None:
         """The span was withdrawn or its link lost."""
@@ -114,26 +178,30 @@ class Importer:
             self._check(unit)
 
     def linkLost(self, link: DMSGLink) -> None:
-        """Nothing to do: every span on it was failed through its handler."""
+        """Every span on it was failed through its handler already."""
+        self._created.pop(link, None)
 
     # ---------------------------------------------------------------
     # Units
 
-    def _create(self, key: str, ext: LnkSpan) -> XAUnit:
-        used = {u.number for u in self.units.values()}
-        number = 0
-        while number in used:
-            number += 1
-        blksize = ext.media_blksize or 1
+    def _create(self, key: bytes, ext: LnkSpan, link: DMSGLink) -> XAUnit:
+        if self._freeNumbers:
+            number = heapq.heappop(self._freeNumbers)
+        else:
+            number = self._nextNumber
+            self._nextNumber += 1
+        blksize = ext.media_blksize or DEFAULT_SECTOR
+        readOnly = (key in self._readOnlyKeys
+                    or "xa%d" % (number,) in self.readOnly)
         unit = XAUnit(self, number, key, unitKey(ext.peer_label),
                       ext.media_bytes, blksize, self.maxIO, self.maxTags,
-                      readOnly=key in self.readOnly,
-                      stallTimeout=self.stallTimeout)
-        if unit.name in self.readOnly:
-            unit.readOnly = True
+                      readOnly=readOnly, stallTimeout=self.stallTimeout)
+        unit.createdBy = link
+        self._created[link] = self._created.get(link, 0) + 1
         self.units[key] = unit
-        self.log.info("{unit}: new unit serial={serial!r} size={size} "
-                      "sector={sector}", unit=unit.name, serial=key,
+        self._byName[unit.name] = unit
+        self.log.info("{unit}: new unit serial={serial} size={size} "
+                      "sector={sector}", unit=unit.name, serial=unit.label,
                       size=unit.size, sector=unit.sectorSize)
         for w in self._watchers:
             w("add", unit)
@@ -166,6 +234,11 @@ class Importer:
         if not unit.idle or unit.gone:
             return
         self.units.pop(unit.serial, None)
+        self._byName.pop(unit.name, None)
+        heapq.heappush(self._freeNumbers, unit.number)
+        link = unit.createdBy
+        if link in self._created:
+            self._created[link] -= 1
         unit.destroy()
         self.log.info("{unit}: torn down (no paths, no opens for {s}s)",
                       unit=unit.name, s=self.linger)

@@ -62,6 +62,7 @@ from xdiskd.errors import (
     MediaError, NoPathError, NotOpenError, OutOfRangeError, ReadOnlyError,
     UnitGoneError)
 from xdiskd.interfaces import Done, ICallbackBlockDevice
+from xdiskd.labels import show
 from xdiskd.xa.request import Chunk, Request
 from xdiskd.xa.stats import UnitStats
 
@@ -137,14 +138,17 @@ class XAUnit:
     """
     One remote disk (see the module docstring for the state machine).
 
+    @ivar serial: the span's pfs_label, bytes (its identity).
+    @ivar label: C{serial} as shown in NBD, logs, control and metrics
+        (L{xdiskd.labels.show}).
     @ivar spans: the span transactions for this label, arrival order.
     @ivar openTxn: our BLK_OPEN transaction (the seed's open_tag).
     """
 
     log = Logger()
 
-    def __init__(self, importer: Any, number: int, serial: str,
-                 peerLabel: str, size: int, sectorSize: int,
+    def __init__(self, importer: Any, number: int, serial: bytes,
+                 peerLabel: bytes, size: int, sectorSize: int,
                  maxIO: int = DEFAULT_MAX_IO, maxTags: int = MAXTAGS,
                  readOnly: bool = False, stallTimeout: float = 0.0) -> None:
         self.importer = importer
@@ -152,13 +156,19 @@ class XAUnit:
         self.number = number
         self.name = "xa%d" % (number,)
         self.serial = serial
+        self.label = show(serial)
         self.peerLabel = peerLabel
+        self.createdBy: Any = None
         self.size = size
         self.sectorSize = sectorSize or 1
         self.maxIOCap = maxIO
         self.maxIO = maxIO
         self.maxTags = maxTags
+        # Configured read-only (--readonly-unit), or the exporter refused a
+        # write open (then until the unit is next opened from closed).
+        self.configuredReadOnly = readOnly
         self.readOnly = readOnly
+        self._openModes = 0
         self.spans: List[Transaction] = []
         self._spanIO: Dict[Transaction, int] = {}
         self._openIO = maxIO
@@ -190,8 +200,8 @@ class XAUnit:
         self._moving = False
 
     def __repr__(self) -> str:
-        return "<XAUnit %s serial=%r %s opencnt=%d spans=%d q=%d f=%d>" % (
-            self.name, self.serial, self.state, self.opencnt,
+        return "<XAUnit %s serial=%s %s opencnt=%d spans=%d q=%d f=%d>" % (
+            self.name, self.label, self.state, self.opencnt,
             len(self.spans), len(self.queue), len(self.inflight))
 
     @property
@@ -265,6 +275,9 @@ class XAUnit:
         d: Deferred = Deferred()
         self._openWaiters.append(d)
         if self.state in (CLOSED, CLOSING):
+            # A first open asks for write access again (unless configured
+            # read-only): the export may have changed since.
+            self.readOnly = self.configuredReadOnly
             if self.state == CLOSING:
                 # Re-open while the old open drains: it is forgotten; a
                 # new BLK_OPEN goes out now.
@@ -311,7 +324,7 @@ class XAUnit:
                 self.opencnt -= len(self._openWaiters)
                 self._setState(CLOSED)
                 self._fireOpen(NoPathError(
-                    "%s (%s) has no live path" % (self.name, self.serial)))
+                    "%s (%s) has no live path" % (self.name, self.label)))
                 self.importer._check(self)
             else:
                 self._stall()
@@ -324,6 +337,7 @@ class XAUnit:
         except LinkError:
             self._stall()
             return
+        self._openModes = modes
         self.openTxn = txn
         self._openIO = self._spanIO.get(span, self.maxIO)
         self._setState(OPENING)
@@ -339,6 +353,19 @@ class XAUnit:
                               link=txn.link.name)
                 self._fireOpen(None)
                 self._kick()
+            elif msg.error == C.ERR_IO and self._openModes & C.BLKOPEN_WR:
+                # A read-only export refuses write opens with 0x22 (as
+                # DragonFly's dev_dopen failure does): open read-only and
+                # say so to NBD (the READ_ONLY flag of every new client).
+                self.log.warn("{unit}: {link} refuses write access to "
+                              "{serial}; opening it read-only",
+                              unit=self.name, link=txn.link.name,
+                              serial=self.label)
+                self.openTxn = None
+                txn.reply(0)
+                self.readOnly = True
+                self._startOpen()
+                return
             else:
                 self.log.warn("{unit}: BLK_OPEN via {link} refused: "
                               "{e:#x}", unit=self.name,
@@ -387,7 +414,7 @@ class XAUnit:
             self._setState(CLOSED)
             self._fireOpen(NoPathError(
                 "%s (%s): BLK_OPEN failed with error %#x" % (
-                    self.name, self.serial, error)))
+                    self.name, self.label, error)))
             self._failQueued(NotOpenError("%s not open" % (self.name,)))
             self.importer._check(self)
         else:
@@ -446,10 +473,10 @@ class XAUnit:
         self.log.warn("{unit} ({serial}): no usable path for {s} s "
                       "(--stall-timeout); failing {n} queued and all new "
                       "I/O with EIO until a path returns", unit=self.name,
-                      serial=self.serial, s="%.1f" % (self.stalledFor,),
+                      serial=self.label, s="%.1f" % (self.stalledFor,),
                       n=len(self.queue))
         self._failQueued(NoPathError("%s (%s): no usable path for %.0f s" % (
-            self.name, self.serial, self.stallTimeout)))
+            self.name, self.label, self.stallTimeout)))
 
     def _fireOpen(self, error: Optional[Exception]) -> None:
         waiters, self._openWaiters = self._openWaiters, []
@@ -532,7 +559,7 @@ class XAUnit:
             return UnitGoneError("%s is gone" % (self.name,))
         if self.failingFast:
             return NoPathError("%s (%s): no usable path for %.0f s" % (
-                self.name, self.serial, self.stalledFor))
+                self.name, self.label, self.stalledFor))
         if offset < 0 or length < 0 or offset + length > self.size:
             return OutOfRangeError(
                 "%s: %d bytes at %d outside %d-byte disk" % (
@@ -578,7 +605,7 @@ class XAUnit:
                     queue.popleft()
                     self._chunkFailed(chunk, NoPathError(
                         "%s (%s): no live path for probe I/O" % (
-                            self.name, self.serial)))
+                            self.name, self.label)))
                     continue
                 limit = self._spanIO.get(parent, self.maxIO)
             elif (self.state == OPEN and self.openTxn.isOpen  # type: ignore
@@ -812,7 +839,7 @@ class XAUnit:
 
     def snapshot(self) -> Dict[str, Any]:
         """State and counters, for the control API and metrics."""
-        return dict(name=self.name, serial=self.serial, size=self.size,
+        return dict(name=self.name, serial=self.label, size=self.size,
                     sectorSize=self.sectorSize, state=self.state,
                     opencnt=self.opencnt, paths=self.paths,
                     spans=len(self.spans), queued=len(self.queue),
