@@ -169,6 +169,15 @@ class StartupErrorTests(SynchronousTestCase):
         self.assertFails(["--config", conf], "config %s: --linger: 'abc' "
                          "is not a number of seconds" % (conf,), exact=True)
 
+    def test_pidFileOnlyWhenAsked(self):
+        """-n writes no twistd.pid unless --pidfile is given (twistd's
+        option, before the plugin name)."""
+        from xdiskd.tap import _pidfileGiven
+        self.assertFalse(_pidfileGiven(["-n", "xdiskd", "--pidfile=x"]))
+        self.assertTrue(_pidfileGiven(["-n", "--pidfile=x", "xdiskd"]))
+        self.assertTrue(_pidfileGiven(["--pidfile", "x", "-n", "xdiskd"]))
+        self.assertTrue(_pidfileGiven(["--pid=x", "-n", "xdiskd"]))
+
     def test_pidFileRemoved(self):
         pidfile = self.path("x.pid")
         self.assertFails(["--listen", "unix:" + self.path("no", "x.sock")],
@@ -249,13 +258,16 @@ class TwoDefaultDaemonsTests(SynchronousTestCase):
     it never removes the first one's socket.
     """
 
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="xdiskd-def-", dir="/tmp")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+
     def start(self, name):
-        d = tempfile.mkdtemp(prefix="xdiskd-def-", dir="/tmp")
-        self.addCleanup(shutil.rmtree, d, True)
+        d = self.dir
         log = os.path.join(d, name + ".log")
         err = os.path.join(d, name + ".err")
-        # Each in its own directory: twistd's own default pid file is
-        # twistd.pid in the current directory.
+        # Both in one directory, where twistd's default twistd.pid would
+        # stop the second: in the foreground xdiskd writes none.
         p = subprocess.Popen([TWISTD, "-n", "xdiskd"], cwd=d, env=_env(),
                              stdout=open(log, "wb"), stderr=open(err, "wb"),
                              stdin=subprocess.DEVNULL)
@@ -307,6 +319,8 @@ class TwoDefaultDaemonsTests(SynchronousTestCase):
             self.assertNotIn("Traceback", text)
             self.assertNotRegex(text, r"object at 0x[0-9a-f]+")
         self.assertEqual(read(bErr), "")
+        self.assertFalse(os.path.exists(os.path.join(self.dir,
+                                                     "twistd.pid")))
         # The second one stopping leaves the first one's socket alone.
         self._stop(b)
         # twistd stops on SIGTERM and then exits by that signal.
