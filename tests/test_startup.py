@@ -142,12 +142,13 @@ class StartupErrorTests(SynchronousTestCase):
         busy.listen(1)
         port = busy.getsockname()[1]
         desc = "tcp:%d:interface=127.0.0.1" % (port,)
-        self.assertFails(["--listen", "unix:" + self.path("d.sock"),
-                          "--nbd", "unix:" + self.path("n.sock"),
-                          "--metrics", desc],
-                         "--metrics %s: cannot listen: address already in "
-                         "use" % (desc,))
-        self.assertEqual(self.leftovers(), [])
+        for option in ("--listen", "--nbd", "--metrics"):
+            self.assertFails(["--listen", "unix:" + self.path("d.sock"),
+                              "--nbd", "unix:" + self.path("n.sock"),
+                              option, desc],
+                             "%s %s: cannot listen: address already in "
+                             "use" % (option, desc))
+            self.assertEqual(self.leftovers(), [])
 
     def test_badTLSFiles(self):
         junk = self.path("junk.pem")
