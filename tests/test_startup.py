@@ -135,6 +135,18 @@ class StartupErrorTests(SynchronousTestCase):
                          (bad, os.path.dirname(bad)), exact=True)
         self.assertEqual(self.leftovers(), [])
 
+    def test_socketPathIsAFile(self):
+        """A regular file where the socket should go is left alone."""
+        path = self.path("d.sock")
+        with open(path, "w") as f:
+            f.write("not a socket\n")
+        self.assertFails(["--no-nbd", "--listen", "unix:" + path],
+                         "--listen unix:%s: cannot listen: %s exists and is "
+                         "not a socket" % (path, path), exact=True)
+        with open(path) as f:
+            self.assertEqual(f.read(), "not a socket\n")
+        self.assertEqual(self.leftovers(path), [])
+
     def test_portInUse(self):
         busy = socket.socket()
         self.addCleanup(busy.close)
