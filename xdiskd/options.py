@@ -143,7 +143,7 @@ class Options(usage.Options):
          "gets at most what its exporter states in its span (xdiskd: "
          "1048576); DragonFly exporters state nothing and get 131072.",
          _whole("max-io", "bytes", 512, 1048576)],
-        ["store-threads", None, 4, "Export-side disk I/O threads.",
+        ["store-threads", None, 4, "Export-side disk I/O threads (1..256).",
          _whole("store-threads", "threads", 1, 256)],
         ["inline-write-max", None, 1048576,
          "Page-aligned export writes up to this many bytes go to the page "
