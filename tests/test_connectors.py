@@ -41,6 +41,25 @@ class ConnectorsTests(TestCase):
         self.net.flush()
         self.assertEqual((c.connections, self.imp.links), (2, {}))
 
+    def test_retryLineNamesTheEndpoint(self):
+        """ClientService's retry log line shows the endpoint as it was
+        configured, not an endpoint object's repr."""
+        from twisted.logger import formatEvent
+        seen = []
+        globalLogPublisher.addObserver(seen.append)
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
+        self.connectors.add("mem:a")
+        self.net.flush()
+        [link] = list(self.exp.links)
+        link.close("test")
+        self.net.flush()
+        texts = [formatEvent(e) for e in seen]
+        retries = [t for t in texts if t.startswith("Scheduling retry")]
+        self.assertEqual(len(retries), 1, texts)
+        self.assertRegex(retries[0], r"^Scheduling retry 1 to connect mem:a "
+                                     r"in [\d.]+ seconds\.$")
+        self.assertEqual([t for t in texts if " at 0x" in t], [])
+
     def test_addErrors(self):
         self.assertRaises(ValueError, self.connectors.add, "mem:nope")
         self.connectors.add("mem:a")
