@@ -45,6 +45,27 @@ class ConnectorsTests(TestCase):
         self.net.flush()
         self.assertEqual((c.connections, self.imp.links), (2, {}))
 
+    def test_retryLineNamesTheEndpoint(self):
+        """ClientService's retry log line shows the endpoint as it was
+        configured, not an endpoint object's repr."""
+        from twisted.logger import formatEvent
+        seen = []
+        globalLogPublisher.addObserver(seen.append)
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
+        self.connectors.add("mem:a")
+        self.net.flush()
+        [link] = list(self.exp.links)
+        link.close("test")
+        self.net.flush()
+        texts = [formatEvent(e) for e in seen]
+        # ClientService's own line is replaced by ours (FailedAttemptTests).
+        retries = [t for t in texts if t.startswith("mem:a: link lost")]
+        self.assertEqual(len(retries), 1, texts)
+        self.assertRegex(retries[0], r"^mem:a: link lost: .*; attempt 1, "
+                                     r"retrying in [\d.]+ s$")
+        self.assertEqual([t for t in texts if " at 0x" in t
+                          or "Scheduling retry" in t], [])
+
     def test_addErrors(self):
         self.assertRaises(ValueError, self.connectors.add, "mem:nope")
         self.connectors.add("mem:a")

@@ -135,6 +135,18 @@ class StartupErrorTests(SynchronousTestCase):
                          (bad, os.path.dirname(bad)), exact=True)
         self.assertEqual(self.leftovers(), [])
 
+    def test_socketPathIsAFile(self):
+        """A regular file where the socket should go is left alone."""
+        path = self.path("d.sock")
+        with open(path, "w") as f:
+            f.write("not a socket\n")
+        self.assertFails(["--no-nbd", "--listen", "unix:" + path],
+                         "--listen unix:%s: cannot listen: %s exists and is "
+                         "not a socket" % (path, path), exact=True)
+        with open(path) as f:
+            self.assertEqual(f.read(), "not a socket\n")
+        self.assertEqual(self.leftovers(path), [])
+
     def test_portInUse(self):
         busy = socket.socket()
         self.addCleanup(busy.close)
@@ -142,12 +154,13 @@ class StartupErrorTests(SynchronousTestCase):
         busy.listen(1)
         port = busy.getsockname()[1]
         desc = "tcp:%d:interface=127.0.0.1" % (port,)
-        self.assertFails(["--listen", "unix:" + self.path("d.sock"),
-                          "--nbd", "unix:" + self.path("n.sock"),
-                          "--metrics", desc],
-                         "--metrics %s: cannot listen: address already in "
-                         "use" % (desc,))
-        self.assertEqual(self.leftovers(), [])
+        for option in ("--listen", "--nbd", "--metrics"):
+            self.assertFails(["--listen", "unix:" + self.path("d.sock"),
+                              "--nbd", "unix:" + self.path("n.sock"),
+                              option, desc],
+                             "%s %s: cannot listen: address already in "
+                             "use" % (option, desc))
+            self.assertEqual(self.leftovers(), [])
 
     def test_badTLSFiles(self):
         junk = self.path("junk.pem")
@@ -168,6 +181,15 @@ class StartupErrorTests(SynchronousTestCase):
             f.write("[xdiskd]\nlinger = abc\n")
         self.assertFails(["--config", conf], "config %s: --linger: 'abc' "
                          "is not a number of seconds" % (conf,), exact=True)
+
+    def test_pidFileOnlyWhenAsked(self):
+        """-n writes no twistd.pid unless --pidfile is given (twistd's
+        option, before the plugin name)."""
+        from xdiskd.tap import _pidfileGiven
+        self.assertFalse(_pidfileGiven(["-n", "xdiskd", "--pidfile=x"]))
+        self.assertTrue(_pidfileGiven(["-n", "--pidfile=x", "xdiskd"]))
+        self.assertTrue(_pidfileGiven(["--pidfile", "x", "-n", "xdiskd"]))
+        self.assertTrue(_pidfileGiven(["--pid=x", "-n", "xdiskd"]))
 
     def test_pidFileRemoved(self):
         pidfile = self.path("x.pid")
@@ -249,13 +271,16 @@ class TwoDefaultDaemonsTests(SynchronousTestCase):
     it never removes the first one's socket.
     """
 
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="xdiskd-def-", dir="/tmp")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+
     def start(self, name):
-        d = tempfile.mkdtemp(prefix="xdiskd-def-", dir="/tmp")
-        self.addCleanup(shutil.rmtree, d, True)
+        d = self.dir
         log = os.path.join(d, name + ".log")
         err = os.path.join(d, name + ".err")
-        # Each in its own directory: twistd's own default pid file is
-        # twistd.pid in the current directory.
+        # Both in one directory, where twistd's default twistd.pid would
+        # stop the second: in the foreground xdiskd writes none.
         p = subprocess.Popen([TWISTD, "-n", "xdiskd"], cwd=d, env=_env(),
                              stdout=open(log, "wb"), stderr=open(err, "wb"),
                              stdin=subprocess.DEVNULL)
@@ -307,6 +332,8 @@ class TwoDefaultDaemonsTests(SynchronousTestCase):
             self.assertNotIn("Traceback", text)
             self.assertNotRegex(text, r"object at 0x[0-9a-f]+")
         self.assertEqual(read(bErr), "")
+        self.assertFalse(os.path.exists(os.path.join(self.dir,
+                                                     "twistd.pid")))
         # The second one stopping leaves the first one's socket alone.
         self._stop(b)
         # twistd stops on SIGTERM and then exits by that signal.

@@ -418,6 +418,24 @@ class LateReplyTests(Base):
         self.wait(u.open())
         self.assertEqual((len(u.inflight), len(u.queue)), (0, 0))
 
+    def test_withdrawnWhileReadsOnTheWay(self):
+        """
+        The exporter withdraws the span while reads it has not seen yet
+        are on the wire: it drops them silently (it closed their parent
+        first), the importer re-queues them, and neither side counts a
+        violation or keeps a transaction.
+        """
+        u = self.openUnit()
+        results = []
+        self._inflight(u, results)
+        self.exp.exporter.withdraw("serno/A")
+        self.wire.flush()
+        self.assertEqual(results, [])
+        self.assertEqual(u.state, "stalled")
+        self.assertEqual(len(u.queue), 4)
+        self._assertQuiet()
+        self.assertGreater(self.wire.server.lateMessages, 0)
+
     def test_reopenWhileLateRepliesArrive(self):
         """Re-opening while the old open drains: the late replies of the
         old open's I/O do not disturb the new open's I/O."""

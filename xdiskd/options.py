@@ -109,6 +109,29 @@ def _linkTimeout(text: str) -> float:
 _linkTimeout.coerceDoc = ""  # type: ignore[attr-defined]
 
 
+#: How a plain coercer's value is described when it does not fit.
+_KINDS: Dict[Any, str] = {int: "a whole number", float: "a number"}
+
+
+def _named(option: str, coerce: Callable[[str], Any]) -> Callable[[str], Any]:
+    """
+    C{coerce}, with a ValueError turned into a UsageError that names the
+    option and the value (Twisted's says only "Parameter type enforcement
+    failed: could not convert string to float: 'abc'"), so a parameter
+    added with a plain C{int} or C{float} fails as clearly as ours.
+    """
+    def coerced(text: str) -> Any:
+        try:
+            return coerce(text)
+        except ValueError as e:
+            kind = _KINDS.get(coerce)
+            raise usage.UsageError(
+                "--%s: %r is not %s" % (option, text, kind) if kind else
+                "--%s: %r: %s" % (option, text, e))
+    coerced.coerceDoc = getattr(coerce, "coerceDoc", "")  # type: ignore
+    return coerced
+
+
 def versionText() -> str:
     """C{xdiskd 0.1.0 (Twisted 26.10.0, Python 3.11.7)}."""
     import twisted
@@ -170,7 +193,7 @@ class Options(usage.Options):
          "gets at most what its exporter states in its span (xdiskd: "
          "1048576); DragonFly exporters state nothing and get 131072.",
          _whole("max-io", "bytes", 512, 1048576)],
-        ["store-threads", None, 4, "Export-side disk I/O threads.",
+        ["store-threads", None, 4, "Export-side disk I/O threads (1..256).",
          _whole("store-threads", "threads", 1, 256)],
         ["inline-write-max", None, 1048576,
          "Page-aligned export writes up to this many bytes go to the page "
@@ -223,6 +246,10 @@ class Options(usage.Options):
 
     def __init__(self) -> None:
         usage.Options.__init__(self)
+        for name, dispatcher in self._dispatch.items():
+            if isinstance(dispatcher, usage.CoerceParameter) and (
+                    dispatcher.coerce is not str):
+                dispatcher.coerce = _named(name, dispatcher.coerce)
         for key in _LISTS:
             self[key] = []
         self._given: Dict[str, Any] = {}
@@ -380,7 +407,7 @@ class Options(usage.Options):
                 if self[key] == params[key][2]:
                     coerce = params[key][4] if len(params[key]) > 4 else str
                     try:
-                        self[key] = coerce(value)
+                        self[key] = _named(key, coerce)(value)
                     except usage.UsageError as e:
                         raise usage.UsageError("config %s: %s" % (path, e))
                     except ValueError:

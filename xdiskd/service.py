@@ -225,7 +225,8 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
             if given == DEFAULT_NBD and getattr(options, "nbdIsDefault",
                                                 False):
                 skip = ("serving no NBD: give --nbd ENDPOINT for this "
-                        "daemon's own, or --no-nbd")
+                        "daemon's own, or --no-nbd (a daemon that only "
+                        "exports runs best with --no-import)")
             top.addListener(svc, Listener("--nbd", given,
                                           *unixListenPath(desc), skip=skip))
     addOperationServices(top, options, reactor)

@@ -68,6 +68,10 @@ def reason(error: BaseException, listener: Listener) -> str:
             return "no directory %s" % (
                 os.path.dirname(os.path.abspath(listener.path)),)
         if code == errno.EADDRINUSE:
+            path = listener.path
+            if path and os.path.lexists(path) and not stat.S_ISSOCK(
+                    os.lstat(path).st_mode):
+                return "%s exists and is not a socket" % (path,)
             return "address already in use (another daemon?)"
         if code in (errno.EACCES, errno.EPERM):
             return "permission denied"

@@ -48,6 +48,26 @@ class Options(_options.Options):
                 text += " (twistd -n xdiskd --help lists the options)"
             _fail(text)
 
+    def postOptions(self) -> None:
+        _options.Options.postOptions(self)
+        twistd = self.parent
+        if twistd is not None and twistd.get("nodaemon") and not (
+                _pidfileGiven(sys.argv[1:])):
+            # In the foreground no pid file unless asked for, as nbdkit
+            # and qemu-nbd: twistd's default twistd.pid in the current
+            # directory would stop a second daemon started there.
+            twistd["pidfile"] = ""
+
+
+def _pidfileGiven(argv: Any) -> bool:
+    """twistd's own arguments (before the plugin name) set --pidfile."""
+    for arg in argv:
+        if arg == "xdiskd":
+            break
+        if arg.startswith("--pid"):     # getopt takes any unique prefix
+            return True
+    return False
+
 
 def makeService(options: Any) -> _service.XDiskService:
     """L{xdiskd.service.makeService}, failing with one line."""

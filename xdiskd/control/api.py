@@ -20,6 +20,7 @@ echoed.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any, Callable, Dict, List, Optional
 
@@ -128,8 +129,8 @@ class ControlAPI:
         def failed(f: Any) -> Dict[str, Any]:
             if f.check(ControlError):
                 return {"ok": False, "error": str(f.value)}
-            self.log.failure("control request {request!r} failed", f,
-                             request=request)
+            self.log.failure("control request {request} failed", f,
+                             request=json.dumps(request, default=str))
             return {"ok": False, "error": "internal error: %s" % (
                 f.getErrorMessage(),)}
 
