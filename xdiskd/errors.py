@@ -40,3 +40,12 @@ class ReadOnlyError(XDiskError):
 
 class UnitGoneError(XDiskError):
     """The unit was torn down while the request waited.  NBD: ESHUTDOWN."""
+
+
+class UnflushedLostError(MediaError):
+    """
+    Writes acknowledged but not yet flushed were lost with the exporter
+    (a host crash, a failover to a node whose cache never saw them) and
+    the importer was told not to replay them (C{--unflushed fail}), or
+    replaying them failed.  NBD: EIO.
+    """

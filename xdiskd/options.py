@@ -76,6 +76,15 @@ class Options(usage.Options):
          "gets at most what its exporter states in its span (xdiskd: "
          "1048576); DragonFly exporters state nothing and get 131072.",
          int],
+        ["unflushed-window", None, "64M",
+         "Per unit, keep up to this much of the data written since the "
+         "last completed flush, to replay it if the exporter's host "
+         "crashes or a failover lands on another node (e.g. 64M); when "
+         "full, the importer flushes before it acknowledges more."],
+        ["unflushed", None, "replay",
+         "What a lost unflushed window does (replay|fail): replay it "
+         "before any other I/O, or fail the held writes and the next "
+         "flush with EIO."],
         ["store-threads", None, 4, "Export-side disk I/O threads.", int],
         ["inline-write-max", None, 1048576,
          "Page-aligned export writes up to this many bytes go to the page "
@@ -174,6 +183,11 @@ class Options(usage.Options):
             self["hostname"] = socket.gethostname()
         if not 512 <= self["max-io"] <= 1048576:
             raise usage.UsageError("--max-io must be 512..1048576")
+        if not isinstance(self["unflushed-window"], int):
+            self["unflushed-window"] = parseSize(
+                str(self["unflushed-window"]))
+        if self["unflushed"] not in ("replay", "fail"):
+            raise usage.UsageError("--unflushed must be replay or fail")
         if not 0 <= self["inline-write-max"] <= 1048576:
             raise usage.UsageError("--inline-write-max must be 0..1048576")
         if not 0 <= self["poll-us"] <= 10000:

@@ -107,7 +107,9 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
     if not options["no-import"]:
         importer = Importer(reactor, linger=options["linger"],
                             maxIO=options["max-io"],
-                            readOnly=options["readonly-unit"])
+                            readOnly=options["readonly-unit"],
+                            window=options["unflushed-window"],
+                            unflushed=options["unflushed"])
     relay = Relay() if options["relay"] else None
     node = Node(exporter, importer, options["hostname"], relay)
     top = XDiskService(node)

@@ -21,6 +21,7 @@ from xdiskd.dmsg.link import DMSGLink, Transaction
 from xdiskd.dmsg.wire import LnkSpan
 from xdiskd.interfaces import IBlockDeviceRegistry
 from xdiskd.xa.unit import DEFAULT_MAX_IO, MAXTAGS, XAUnit
+from xdiskd.xa.window import DEFAULT_WINDOW, MODES, REPLAY
 
 LABEL_KEEP = 63
 DEFAULT_LINGER = 60.0
@@ -44,10 +45,16 @@ class Importer:
 
     def __init__(self, reactor: Any, linger: float = DEFAULT_LINGER,
                  maxIO: int = DEFAULT_MAX_IO, maxTags: int = MAXTAGS,
-                 readOnly: Any = ()) -> None:
+                 readOnly: Any = (), window: int = DEFAULT_WINDOW,
+                 unflushed: str = REPLAY) -> None:
         if not 512 <= maxIO <= C.AUX_MAX:
             raise ValueError("max I/O size %d not in 512..%d" % (
                 maxIO, C.AUX_MAX))
+        if unflushed not in MODES or window < 0:
+            raise ValueError("bad unflushed window %r %r" % (
+                window, unflushed))
+        self.window = window
+        self.unflushed = unflushed
         self.reactor = reactor
         self.linger = linger
         self.maxIO = maxIO
@@ -95,7 +102,8 @@ class Importer:
         self._touch(unit)
         # §8.3: DragonFly takes READ/WRITEs of up to 128 KiB and states
         # no limit; an xdiskd exporter states its own (see LnkSpan).
-        unit.spanAdded(txn, ext.media_maxio or C.DRAGONFLY_MAX_IO)
+        unit.spanAdded(txn, ext.media_maxio or C.DRAGONFLY_MAX_IO,
+                       ext.media_incarnation)
 
     def spanDeleted(self, txn: Transaction) -> None:
         """The span was withdrawn or its link lost."""
@@ -118,7 +126,8 @@ class Importer:
         blksize = ext.media_blksize or 1
         unit = XAUnit(self, number, key, unitKey(ext.peer_label),
                       ext.media_bytes, blksize, self.maxIO, self.maxTags,
-                      readOnly=key in self.readOnly)
+                      readOnly=key in self.readOnly, window=self.window,
+                      unflushed=self.unflushed)
         if unit.name in self.readOnly:
             unit.readOnly = True
         self.units[key] = unit

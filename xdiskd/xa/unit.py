@@ -7,7 +7,9 @@ xa_restart_deferred) rebuilt on Deferreds.
 Open life cycle (C{state}), each transition in one place below:
 
   CLOSED   --open()----------------> OPENING  (BLK_OPEN sent on first live span)
-  OPENING  --result 0--------------> OPEN     (queued I/O restarted)
+  OPENING  --result 0--------------> OPEN     (queued I/O restarted, after
+                                              a replay of lost unflushed
+                                              writes: xa/window.py)
   OPENING  --error / lost----------> CLOSED   (first open fails the caller)
                                      or STALLED (re-open: unit already open)
   OPEN     --open txn lost---------> STALLED  (I/O re-queued; re-open at once
@@ -51,6 +53,7 @@ from xdiskd.errors import (
 from xdiskd.interfaces import Done, ICallbackBlockDevice
 from xdiskd.xa.request import Chunk, Request
 from xdiskd.xa.stats import UnitStats
+from xdiskd.xa.window import DEFAULT_WINDOW, REPLAY, UnflushedWindow
 
 MAXTAGS = 64
 DEFAULT_MAX_IO = C.AUX_MAX       # the cap; each path may state less
@@ -88,7 +91,8 @@ class XAUnit:
     def __init__(self, importer: Any, number: int, serial: str,
                  peerLabel: str, size: int, sectorSize: int,
                  maxIO: int = DEFAULT_MAX_IO, maxTags: int = MAXTAGS,
-                 readOnly: bool = False) -> None:
+                 readOnly: bool = False, window: int = DEFAULT_WINDOW,
+                 unflushed: str = REPLAY) -> None:
         self.importer = importer
         self.reactor = importer.reactor
         self.number = number
@@ -103,6 +107,7 @@ class XAUnit:
         self.readOnly = readOnly
         self.spans: List[Transaction] = []
         self._spanIO: Dict[Transaction, int] = {}
+        self._spanInc: Dict[Optional[Transaction], int] = {}
         self._openIO = maxIO
         self.state = CLOSED
         self.opencnt = 0
@@ -123,6 +128,9 @@ class XAUnit:
         self.congestionBytes = CONGESTION_BYTES
         self._uncongestedWaiters: List[Deferred] = []
         self._stalledSince: Optional[float] = None
+        # Acknowledged writes not yet flushed, replayed after a lost open
+        # (xa/window.py).
+        self.window = UnflushedWindow(self, window, unflushed)
 
     def __repr__(self) -> str:
         return "<XAUnit %s serial=%r %s opencnt=%d spans=%d q=%d f=%d>" % (
@@ -144,12 +152,14 @@ class XAUnit:
     # Paths (called by the importer)
 
     def spanAdded(self, span: Transaction,
-                  maxIO: Optional[int] = None) -> None:
+                  maxIO: Optional[int] = None, incarnation: int = 0) -> None:
         """
         A path: C{span}, whose exporter takes READ/WRITEs of up to
-        C{maxIO} bytes (None: any size up to the unit's cap).
+        C{maxIO} bytes (None: any size up to the unit's cap) and states
+        C{incarnation} (0: none, L{xdiskd.export.incarnation}).
         """
         self.spans.append(span)
+        self._spanInc[span] = incarnation
         limit = self.maxIOCap if maxIO is None else min(maxIO,
                                                         self.maxIOCap)
         sector = self.sectorSize
@@ -169,6 +179,7 @@ class XAUnit:
         if span in self.spans:
             self.spans.remove(span)
         self._spanIO.pop(span, None)
+        self._spanInc.pop(span, None)
         if self._spanIO:
             self.maxIO = min(self._spanIO.values())
         self.log.info("{unit}: path via {link} gone ({n} left)",
@@ -219,6 +230,7 @@ class XAUnit:
         if self.opencnt:
             return succeed(None)
         self._cancelRetry()
+        self.window.closed()
         # Requests that cannot be issued without an open fail now.
         self._failQueued(NotOpenError("%s closed" % (self.name,)))
         txn = self.openTxn
@@ -274,6 +286,8 @@ class XAUnit:
                 self.log.info("{unit}: open via {link}", unit=self.name,
                               link=txn.link.name)
                 self._fireOpen(None)
+                self.window.opened(self._spanInc.get(txn.parent, 0),
+                                   txn.link.name)
                 self._kick()
             else:
                 self.log.warn("{unit}: BLK_OPEN via {link} refused: "
@@ -292,6 +306,7 @@ class XAUnit:
                     self._openFailed(msg.error or C.ERR_LOSTLINK)
                 elif self.state == OPEN:
                     self.stats.failovers += 1
+                    self.window.openLost()
                     # Its I/O was re-queued just before (children fail
                     # first, §6.8): one line per event, with the count.
                     self.log.info("{unit}: open via {link} lost ({e:#x}); "
@@ -479,6 +494,8 @@ class XAUnit:
                     continue
                 limit = self._spanIO.get(parent, self.maxIO)
             elif self.state == OPEN and self.openTxn.isOpen:  # type: ignore
+                if chunk.seq > self.window.gate:
+                    return    # a replay goes first (xa/window.py)
                 parent = self.openTxn
                 limit = self._openIO
             else:
@@ -535,8 +552,12 @@ class XAUnit:
         io = txn.link.io
         io.importOps += 1
         if error == 0:
-            if chunk.cmd == C.BLK_READ or chunk.cmd == C.BLK_WRITE:
+            cmd = chunk.cmd
+            if cmd == C.BLK_READ or cmd == C.BLK_WRITE:
                 io.importBytes += chunk.length
+            if cmd != C.BLK_READ and self.window.completed(chunk):
+                self._kick()     # held for room in the unflushed window
+                return
             chunk.request.chunkDone(chunk, msg.aux)
             self._kick()
             return
@@ -632,6 +653,7 @@ class XAUnit:
         """Remove the unit: fail anything left (there should be nothing)."""
         self.gone = True
         self._cancelRetry()
+        self.window.closed()
         self._failQueued(UnitGoneError("%s removed" % (self.name,)))
 
     def snapshot(self) -> Dict[str, Any]:
@@ -642,6 +664,7 @@ class XAUnit:
                     spans=len(self.spans), queued=len(self.queue),
                     inflight=len(self.inflight),
                     readOnly=self.readOnly, maxIO=self.maxIO,
+                    window=self.window.snapshot(),
                     stats=self.stats.asDict())
 
 
