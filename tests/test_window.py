@@ -299,3 +299,26 @@ class HeldWritesTests(Base):
         self.assertIsNone(self.wait(d))
         self.assertIsNone(self.wait(self.unit.flush()))
         self.assertEqual(readFile(self.path)[:1 << 20], self.B)
+
+
+class OptionTests(TestCase):
+    def test_options(self):
+        """--unflushed-window takes a size, --unflushed replay or fail;
+        the importer's units get them."""
+        from twisted.python.usage import UsageError
+        from tests.daemons import parseOptions
+        o = parseOptions()
+        self.assertEqual((o["unflushed-window"], o["unflushed"]),
+                         (64 << 20, "replay"))
+        o = parseOptions("--unflushed-window", "8M", "--unflushed", "fail")
+        self.assertEqual((o["unflushed-window"], o["unflushed"]),
+                         (8 << 20, "fail"))
+        for bad in (("--unflushed", "maybe"),
+                    ("--unflushed-window", "lots")):
+            self.assertRaises(UsageError, parseOptions, *bad)
+        imp, clock = importerNode(window=8 << 20, unflushed="fail")
+        path = makeImage(self, SIZE)
+        self.wires = [Wire(exporterNode(self, [("serno/O", path, False)]),
+                           imp)]
+        w = imp.importer.lookup("xa0").window
+        self.assertEqual((w.limit, w.mode), (8 << 20, "fail"))
