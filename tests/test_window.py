@@ -17,7 +17,8 @@ from xdiskd.export.spec import ExportSpec
 from xdiskd.node import Node
 from xdiskd.xa.window import ENTRY_COST, UnflushedWindow
 from tests.powerloss import VolatileStore
-from tests.stack import Wire, exporterNode, importerNode, makeImage, readFile
+from tests.stack import (
+    Wire, exporterNode, importerNode, makeImage, outcome, readFile)
 from tests.stack import run as pump
 
 SIZE = 4 << 20
@@ -62,15 +63,8 @@ class Base(TestCase):
 
     def result(self, d):
         """Pump until C{d} fired; its failure, or None on success."""
-        out = []
-        d.addBoth(out.append)
-        for _ in range(10000):
-            if out:
-                break
-            for w in self.wires:
-                w.flush()
-        self.assertTrue(out, "never fired")
-        return out[0] if hasattr(out[0], "check") else None
+        r = outcome(self.wires, d)
+        return r if hasattr(r, "check") else None
 
     def powerLoss(self):
         """Cut the exporter host's power: unflushed writes are gone."""
