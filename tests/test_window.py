@@ -122,6 +122,47 @@ class WindowTests(Base):
         self.assertEqual(self.host.store.flushes, w.autoFlushes)
         self.assertEqual(bytes(self.wait(self.unit.read(0, 2 << 20))), data)
 
+    def test_flushReleasesOnlyWhatCameBefore(self):
+        """A write acknowledged while a flush is on the wire stays: the
+        flush may have been done on the store before it arrived."""
+        store = self.host.store
+        flushes = []
+        realFlush = store.flush
+
+        def slowFlush():
+            d = Deferred()
+            flushes.append(d)
+            return d.addCallback(lambda _: realFlush())
+        store.flush = slowFlush
+        self.wait(self.unit.write(0, self.A))
+        f = self.unit.flush()
+        self.wire.flush()
+        self.assertEqual(len(flushes), 1)
+        self.wait(self.unit.write(1 << 20, self.B))
+        w = self.unit.window
+        self.assertEqual(len(w.entries), 2)
+        flushes[0].callback(None)
+        self.assertIsNone(self.wait(f))
+        [(seq, cmd, off, n, data)] = list(w.entries)
+        self.assertEqual((off, bytes(data)), (1 << 20, self.B))
+        self.assertEqual(w.inUse, ENTRY_COST + len(self.B))
+
+    def test_failingFlushNeitherHangsNorGrows(self):
+        """When the store cannot flush, writes into a full window still
+        complete (each after one more flush attempt), the window stays
+        bounded, and the client's own flush fails."""
+        from twisted.internet.defer import fail
+        from xdiskd.errors import MediaError
+        self.unit.window.limit = 128 << 10
+        self.host.store.flush = lambda: fail(MediaError("no sync"))
+        for off in range(0, 1 << 20, 64 << 10):
+            self.assertIsNone(self.wait(self.unit.write(
+                off, self.A[off:off + (64 << 10)])))
+        w = self.unit.window
+        self.assertLessEqual(w.inUse, (128 << 10) + 2 * ENTRY_COST)
+        self.assertGreater(w.autoFlushes, 1)
+        self.assertIsNotNone(self.result(self.unit.flush()))
+
     def test_closeDropsWindow(self):
         self.wait(self.unit.write(0, self.A))
         self.wait(self.unit.close())

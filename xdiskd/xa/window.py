@@ -114,6 +114,7 @@ class UnflushedWindow:
         self.lost = False
         self.gate: float = _NEVER
         self._flushing = False
+        self._flushFailures = 0
         self._failNextFlush = False
         self._replay: Optional[Dict[Request, None]] = None
         self._replayFlush: Optional[Request] = None
@@ -244,9 +245,13 @@ class UnflushedWindow:
             # succeeded; their callers get on, and the client's own next
             # FLUSH fails the same way.  The window stays full, so each
             # write waits for one more attempt: bounded, never silent.
-            self.log.warn("{unit}: flush to make room in the unflushed "
-                          "window failed: {e}", unit=self.unit.name,
-                          e=failure.getErrorMessage())
+            self._flushFailures += 1
+            n = self._flushFailures
+            if n == 1 or n % 100 == 0:
+                self.log.warn("{unit}: flush to make room in the unflushed "
+                              "window failed ({n} so far): {e}",
+                              unit=self.unit.name, n=n,
+                              e=failure.getErrorMessage())
             held, self.held = self.held, []
             for chunk in held:
                 chunk.request.chunkDone(chunk, None)
