@@ -285,9 +285,10 @@ class XAUnit:
                 self._stalledEnd()
                 self.log.info("{unit}: open via {link}", unit=self.name,
                               link=txn.link.name)
-                self._fireOpen(None)
+                # Before anyone waiting on the open can issue I/O.
                 self.window.opened(self._spanInc.get(txn.parent, 0),
                                    txn.link.name)
+                self._fireOpen(None)
                 self._kick()
             else:
                 self.log.warn("{unit}: BLK_OPEN via {link} refused: "
