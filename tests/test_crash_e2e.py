@@ -322,12 +322,14 @@ class MemoryTests(SynchronousTestCase):
 
     def test_peakRSSBounded(self):
         """nbdcopy of 1 GiB with no flush: the importer's peak RSS with
-        the default 64 MiB window stays within 64 MiB (+16 MiB slack)
-        of its peak with a 1 MiB window."""
+        the default 64 MiB window stays within 64 MiB plus 32 MiB (the
+        unit's congestion limit: completions held while the window's
+        flush runs keep their buffers) of its peak with a 1 MiB window
+        (seen: +63 MiB)."""
         small, ws = self.copy("1M")
         big, wb = self.copy("64M")
         self.assertGreater(ws["autoFlushes"], 100)
         self.assertGreater(wb["autoFlushes"], 4)
         self.assertLessEqual(wb["peak"], (64 + 2) << 20)
-        self.assertLessEqual(big, small + (64 + 16) * 1024,
+        self.assertLessEqual(big, small + (64 + 32) * 1024,
                              "peak RSS %d KiB vs %d KiB" % (big, small))

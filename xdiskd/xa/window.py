@@ -20,7 +20,9 @@ the same shared disk, loses it.  So the unit keeps, per open:
     entry): a completion that finds it full is held back (not reported to
     the caller) and the unit sends its own FLUSH; the held completions
     are reported once a flush made room.  A client that never flushes
-    thus runs at the speed of one FLUSH per window, in bounded memory.
+    thus runs at the speed of one FLUSH per window, in bounded memory:
+    the window plus the held completions' buffers, which the unit's
+    congestion limit (32 MiB of requests accepted) bounds.
 
 When an open was lost and the new open is on a path whose exporter
 states a different incarnation (L{xdiskd.export.incarnation}) than the
