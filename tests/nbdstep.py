@@ -6,7 +6,7 @@ Debian's python3, where libnbd's module lives.
 
 Commands (OFF, LEN in bytes; SEED names a deterministic pattern):
   write SEED OFF LEN [fua]   pwrite, optionally with FUA
-  zero OFF LEN               WRITE_ZEROES
+  zero OFF LEN [nohole]      WRITE_ZEROES, optionally with NO_HOLE
   trim OFF LEN               TRIM
   flush                      FLUSH
   sha OFF LEN                pread, reply the sha256 of the data
@@ -43,7 +43,8 @@ def main():
                 flags = nbd.CMD_FLAG_FUA if args[3:] == ["fua"] else 0
                 h.pwrite(pattern(seed, n), off, flags)
             elif cmd == "zero":
-                h.zero(int(args[1]), int(args[0]))
+                flags = nbd.CMD_FLAG_NO_HOLE if args[2:] == ["nohole"] else 0
+                h.zero(int(args[1]), int(args[0]), flags)
             elif cmd == "trim":
                 h.trim(int(args[1]), int(args[0]))
             elif cmd == "flush":

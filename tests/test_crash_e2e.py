@@ -172,6 +172,8 @@ class Base(SynchronousTestCase):
         # Ranges with no data, over flushed data: kept, replayed.
         c.ok("trim %d %d" % (16 * MiB, MiB))
         c.ok("zero %d %d" % (17 * MiB, MiB))
+        # NO_HOLE: zeros written as data (views of one constant buffer).
+        c.ok("zero %d %d nohole" % (18 * MiB, MiB))
         c.ok("write B 0 %d" % (8 * MiB,))
         self.assertEqual(c.ok("sha 0 %d" % (8 * MiB,))["sha"], sha(self.B))
         if volatile:
@@ -186,10 +188,10 @@ class Base(SynchronousTestCase):
         self.assertEqual(readImage(self.img, 0, 8 * MiB), self.B)
         self.assertEqual(readImage(self.img, 8 * MiB, MiB),
                          pattern("C", MiB))
-        self.assertEqual(readImage(self.img, 16 * MiB, 2 * MiB),
-                         bytes(2 * MiB))
-        self.assertEqual(readImage(self.img, 18 * MiB, 2 * MiB),
-                         pattern("A", 4 * MiB)[2 * MiB:])
+        self.assertEqual(readImage(self.img, 16 * MiB, 3 * MiB),
+                         bytes(3 * MiB))
+        self.assertEqual(readImage(self.img, 19 * MiB, MiB),
+                         pattern("A", 4 * MiB)[3 * MiB:])
 
 
 class PowerLossTests(Base):
@@ -210,10 +212,11 @@ class PowerLossTests(Base):
         self.assertHoldsB(c)
         w = self.window()
         self.assertEqual(w["replays"], 1)
-        # B (8 MiB) and the trim and zero ranges, not the FUA write.
-        self.assertEqual(w["replayedBytes"], 8 * MiB)
-        self.assertEqual(w["replayedWrites"], 8 + 2)
-        self.assertIn("replayed 10 unflushed writes", self.imp.logText())
+        # B (8 MiB), the trim and zero ranges and the written zeros
+        # (1 MiB), not the FUA write.
+        self.assertEqual(w["replayedBytes"], 9 * MiB)
+        self.assertEqual(w["replayedWrites"], 8 + 3)
+        self.assertIn("replayed 11 unflushed writes", self.imp.logText())
 
     def test_failoverToSecondHead(self):
         """The same with failover to a second exporter of the same serial
