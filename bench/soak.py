@@ -12,13 +12,19 @@ Scenarios (each runs --seconds):
   blackhole two hosts (network namespaces) and two TCP paths; every
            period the path in use is black-holed (iptables DROP) for
            --outage seconds: silent failure, failover by link liveness
+  crash    the exporter host loses power every --period seconds: the
+           exporter is tests/powerloss.py (its writes since the last
+           flush live in that process, so SIGKILL loses them) and comes
+           back as a fresh boot; the client flushes every 16 writes.
+           Nothing acknowledged may be lost (the importer replays its
+           unflushed window); prints replays and bytes replayed too
 
 Pass: zero NBD errors at every client, every block verifies (after each
 write and again at the end), importer memory bounded.  Prints the counts:
 kills, failovers, re-queued requests, max stall, max client latency.
 
     .venv/bin/python bench/soak.py [--seconds 300] [--period 3]
-        [--scenarios kill,paths,multi]
+        [--scenarios kill,paths,multi,crash]
     .venv/bin/python bench/soak.py --scenarios blackhole --period 4 \
         --outage 8    (root; --outage above --link-timeout to see deaths)
 """
@@ -34,20 +40,39 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 
-from bench.common import cleanup, scratch, waitFor, xdiskd  # noqa: E402
+from bench.common import (  # noqa: E402
+    REPO, Proc, cleanup, scratch, waitFor, xdiskd)
 
 CLIENT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                       "soak_client.py")
 MiB = 1 << 20
 
 
-def startClients(uris, seconds, size, seed=1):
+POWERLOSS = os.path.join(REPO, "tests", "powerloss.py")
+
+
+def powerLossHost(name, args, d):
+    """tests/powerloss.py: the daemon over stores that lose unflushed
+    writes with the process; each start is a fresh boot."""
+    boot = os.path.join(d, name + ".boot")
+    with open(boot, "w") as f:
+        f.write(os.urandom(16).hex())
+    state = os.path.join(d, name + ".state")
+    os.makedirs(state, exist_ok=True)
+    return Proc(name, [sys.executable, POWERLOSS, "--boot", boot, "--log",
+                       os.path.join(d, name + ".twistd.log"), "--",
+                       "--state-dir", state, "--no-control"] + args,
+                dict(os.environ, PYTHONPATH=REPO), d)
+
+
+def startClients(uris, seconds, size, seed=1, extra=()):
     procs = []
     for i, (uri, offset) in enumerate(uris):
         procs.append(subprocess.Popen(
             ["/usr/bin/python3", CLIENT, uri, "--seconds", str(seconds),
              "--offset", str(offset), "--size", str(size), "--seed",
-             str(seed + i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+             str(seed + i)] + list(extra), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE))
     return procs
 
 
@@ -95,8 +120,10 @@ def run(name, a, d):
     nbd = os.path.join(d, name + "-nbd.sock")
 
     def exporter(tag, sock):
-        return xdiskd("%s-exp%s" % (name, tag), ["--no-import", "--listen",
-                                                 "unix:" + sock] + exports, d)
+        args = ["--no-import", "--listen", "unix:" + sock] + exports
+        if name == "crash":
+            return powerLossHost("%s-exp%s" % (name, tag), args, d)
+        return xdiskd("%s-exp%s" % (name, tag), args, d)
     exps = {"a": exporter("a", sockA)}
     connects = ["--connect", "unix:" + sockA]
     if name == "paths":
@@ -111,7 +138,8 @@ def run(name, a, d):
         per = 8 // nunits if name == "multi" else 1
         for c in range(per):
             uris.append((uri, c * 32 * MiB))
-    clients = startClients(uris, a.seconds, 32 * MiB)
+    clients = startClients(uris, a.seconds, 32 * MiB, extra=(
+        ["--flush-every", "16"] if name == "crash" else []))
     kills = 0
     rssMax = 0
     t0 = time.monotonic()
@@ -151,6 +179,10 @@ def run(name, a, d):
         "nbdErrors": errors, "verifyFailures": verify,
         "failovers": counts["failovers"],
         "retries": stats.get("retries"), "maxStall": stats.get("maxStall"),
+        "replays": stats.get("replays"),
+        "replayedBytes": stats.get("replayedBytes"),
+        "maxReplaySeconds": stats.get("maxReplaySeconds"),
+        "flushes": sum(r.get("flushes", 0) for r in results),
         "maxClientLatency": max(r.get("maxLatency", 0) for r in results),
         "importerPeakRSSMiB": round(rssMax / 1024),
         "tracebacks": counts["tracebacks"],
@@ -158,6 +190,9 @@ def run(name, a, d):
     }
     summary["ok"] = (errors == 0 and verify == 0 and
                      counts["tracebacks"] == 0 and summary["writes"] > 0)
+    if name == "crash" and kills:
+        # Each power loss found unflushed writes to replay.
+        summary["ok"] = summary["ok"] and bool(summary["replays"])
     return summary
 
 
@@ -267,13 +302,19 @@ def controlStat(sock):
             break
         data += chunk
     reply = json.loads(data)
-    retries = 0
-    maxStall = 0.0
+    retries = replays = replayed = 0
+    maxStall = maxReplay = 0.0
     for unit in reply.get("units", []):
         st = unit.get("stats", unit)
         retries += st.get("retries", 0)
         maxStall = max(maxStall, st.get("maxStall", 0.0))
-    return {"retries": retries, "maxStall": round(maxStall, 3)}
+        w = unit.get("window", {})
+        replays += w.get("replays", 0)
+        replayed += w.get("replayedBytes", 0)
+        maxReplay = max(maxReplay, w.get("maxReplaySeconds", 0.0))
+    return {"retries": retries, "maxStall": round(maxStall, 3),
+            "replays": replays, "replayedBytes": replayed,
+            "maxReplaySeconds": round(maxReplay, 3)}
 
 
 def main():
@@ -281,7 +322,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=300)
     ap.add_argument("--period", type=float, default=3.0)
     ap.add_argument("--outage", type=float, default=0.5)
-    ap.add_argument("--scenarios", default="kill,paths,multi")
+    ap.add_argument("--scenarios", default="kill,paths,multi,crash")
     a = ap.parse_args()
     d = scratch()
     ok = True

@@ -29,6 +29,8 @@ def main():
     ap.add_argument("--block", type=int, default=65536)
     ap.add_argument("--qd", type=int, default=8)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--flush-every", type=int, default=0,
+                    help="send a FLUSH after every N completed writes")
     a = ap.parse_args()
     rnd = random.Random(a.seed)
     h = nbd.NBD()
@@ -37,12 +39,22 @@ def main():
     model = {}          # block -> sha256 of what was last written
     busy = set()
     stats = {"writes": 0, "reads": 0, "verifyFailures": 0, "errors": [],
-             "maxLatency": 0.0, "maxErrorLatency": 0.0}
+             "maxLatency": 0.0, "maxErrorLatency": 0.0, "flushes": 0}
+    sinceFlush = [0]
     inflight = {}       # cookie -> (kind, block, buf/hash, started)
     deadline = time.monotonic() + a.seconds
 
     def done(cookie):
         kind, block, payload, started = inflight.pop(cookie)
+        if kind == "flush":
+            try:
+                h.aio_command_completed(cookie)
+                stats["flushes"] += 1
+            except nbd.Error as e:
+                stats["errors"].append("flush: %s" % (e,))
+            stats["maxLatency"] = max(stats["maxLatency"],
+                                      time.monotonic() - started)
+            return
         try:
             h.aio_command_completed(cookie)
         except nbd.Error as e:
@@ -56,6 +68,11 @@ def main():
         if kind == "write":
             stats["writes"] += 1
             model[block] = payload
+            sinceFlush[0] += 1
+            if a.flush_every and sinceFlush[0] >= a.flush_every:
+                sinceFlush[0] = 0
+                c = h.aio_flush()
+                inflight[c] = ("flush", -1, None, time.monotonic())
             # Verify right after: read the block back.
             buf = nbd.Buffer(a.block)
             c = h.aio_pread(buf, a.offset + block * a.block)

@@ -75,8 +75,9 @@ def readFile(path):
         return f.read()
 
 
-def run(wires, d):
-    """Pump every wire until C{d} has fired; return its result."""
+def outcome(wires, d):
+    """Pump every wire until C{d} has fired; return its result or its
+    Failure."""
     results = []
     d.addBoth(results.append)
     for _ in range(10000):
@@ -85,7 +86,12 @@ def run(wires, d):
         for w in wires:
             w.flush()
     assert results, "Deferred never fired"
-    r = results[0]
+    return results[0]
+
+
+def run(wires, d):
+    """Pump every wire until C{d} has fired; return its result."""
+    r = outcome(wires, d)
     if hasattr(r, "raiseException"):
         r.raiseException()
     return r

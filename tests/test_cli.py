@@ -64,15 +64,20 @@ class FormatTests(SynchronousTestCase):
 
     def test_showList(self):
         out = io.StringIO()
-        cli.showList(dict(units=[_unit(paths=("l1", "l2"))], exports=[],
+        unit = _unit(paths=("l1", "l2"))
+        unit["window"] = dict(inUse=3 << 20, replays=2,
+                              replayedBytes=24 << 20)
+        cli.showList(dict(units=[unit], exports=[],
                           links=[], connectors=[]), out)
         lines = out.getvalue().splitlines()
         self.assertEqual(lines[0].split(), ["UNIT", "SERIAL", "SIZE", "STATE",
                                             "OPENS", "QUEUED", "INFLIGHT",
-                                            "PATHS"])
+                                            "UNFLUSHED", "REPLAYS",
+                                            "REPLAYED", "PATHS"])
         # The path the unit is open on is starred.
         self.assertEqual(lines[1].split(), ["xa0", "serno/xa0", "1G", "open",
-                                            "1", "0", "2", "l1*,l2"])
+                                            "1", "0", "2", "3M", "2", "24M",
+                                            "l1*,l2"])
         out = io.StringIO()
         cli.showList(dict(units=[]), out)
         self.assertEqual(out.getvalue(), "no units\n")

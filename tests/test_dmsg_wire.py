@@ -93,7 +93,7 @@ def _example_messages():
         (Message(0x80001207, S2, 0, 0, LnkSpan(
             peer_type=2, media_bytes=0x40000000, media_blksize=0x200,
             peer_label=b"diskhost/da0", pfs_label=b"serno/XYZ",
-            media_rest=bytes(40)), salt=2), EX_LNK_SPAN),
+            media_rest=bytes(32)), salt=2), EX_LNK_SPAN),
         (Message(0x84500102, C2, S2, 0, BlkOpen(1), salt=3), EX_BLK_OPEN),
         (Message(0xC0500302, C3, C2, 0, BlkIO(0x2000, 0x1000), salt=4),
          EX_BLK_READ),
@@ -233,7 +233,8 @@ exts = st.one_of(
     st.tuples(st.just(C.LNK_SPAN), st.builds(
         _only(LnkSpan), peer_type=st.integers(0, 255), media_bytes=u64,
         media_blksize=u32, peer_label=labels, pfs_label=labels, dist=u32,
-        rnss=u32, media_rest=st.just(bytes(40)), media_maxio=u32)),
+        rnss=u32, media_rest=st.just(bytes(32)), media_maxio=u32,
+        media_incarnation=u64)),
     st.tuples(st.just(C.BLK_OPEN), st.builds(_only(BlkOpen), modes=u32)),
     st.tuples(st.sampled_from([C.BLK_READ, C.BLK_WRITE, C.BLK_FLUSH,
                                C.BLK_FREEBLKS]),

@@ -188,6 +188,7 @@ class MoveTests(Base):
         """
         u = self.openUnit()
         self.assertIs(u.openTxn.link, self.a)
+        self.wait(u.write(65536, b"\x11" * 4096))    # acknowledged, unflushed
         inflight = [u.read(i * 4096, 4096) for i in range(4)]
         self.a.liveness.rtt = 0.200
         self.b.liveness.rtt = 0.0005
@@ -205,6 +206,9 @@ class MoveTests(Base):
         self.assertEqual(u.state, "open")
         self.assertEqual(u.stats.moves, 1)
         self.assertEqual(u.stats.ops["flush"], flushes + 1)
+        # The move's FLUSH covered the write made before it; only the one
+        # made during the move (done on the new path) is unflushed.
+        self.assertEqual(u.window.snapshot()["entries"], 1)
         self.assertEqual(u.stats.errors, 0)
         self.assertEqual(u.stats.failovers, 0)
         # The old open was closed: the exporter holds one open.

@@ -33,7 +33,7 @@ def spanExt(label, size=SIZE, blksize=512, maxio=MiB, peer=b"evil/peer"):
     data = bytearray(dwire._SPAN.size)
     dwire._SPAN.pack_into(data, 0, bytes(16), bytes(16), C.PFSTYPE_DEFAULT,
                           C.PEER_BLOCK, C.SPAN_PROTO_1, 0, b"", 0, 0, size,
-                          blksize, maxio, b"", peer, label)
+                          blksize, maxio, 0, b"", peer, label)
     return RawExt(bytes(data))
 
 

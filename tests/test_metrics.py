@@ -127,6 +127,27 @@ class MetricsTests(TestCase):
                                "xdiskd_nbd_memory_paused_connections"), 0)
         self.assertEqual(types["xdiskd_nbd_memory_pauses_total"], "counter")
 
+    def test_unflushedWindow(self):
+        """The window in use moves with an unflushed write and back to 0
+        with the flush; the replay counters start at 0."""
+        run(self.net.pumps, self.unit.open())
+        run(self.net.pumps, self.unit.write(0, b"z" * 8192))
+        samples, types = self.scrape()
+        self.assertEqual(value(samples, "xdiskd_unit_unflushed_bytes",
+                               unit="xa0"), 8192 + 128)
+        self.assertEqual(value(samples, "xdiskd_unit_unflushed_limit_bytes",
+                               unit="xa0"), 64 << 20)
+        for name in ("replays", "replayed_bytes", "replayed_writes",
+                     "window_flushes", "unflushed_lost"):
+            self.assertEqual(value(samples, "xdiskd_unit_%s_total" % name,
+                                   unit="xa0"), 0)
+            self.assertEqual(types["xdiskd_unit_%s_total" % name],
+                             "counter")
+        run(self.net.pumps, self.unit.flush())
+        samples, types = self.scrape()
+        self.assertEqual(value(samples, "xdiskd_unit_unflushed_bytes",
+                               unit="xa0"), 0)
+
     def test_histogram(self):
         """Cumulative buckets ending in +Inf == _count; _sum > 0."""
         run(self.net.pumps, self.unit.open())

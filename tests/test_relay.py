@@ -102,6 +102,10 @@ class ChainTests(TestCase):
         self.assertEqual(tap.messages, [])
         unit = self.imp.importer.lookup("xa0")
         self.assertEqual(len(unit.spans), 1)
+        # The exporter's incarnation (media union) reaches the importer.
+        [export] = self.exp.exporter.exports.values()
+        self.assertEqual(ext.media_incarnation, export.incarnation)
+        self.assertEqual(unit._spanInc[unit.spans[0]], export.incarnation)
 
     def test_twoRelaysKillOne(self):
         """

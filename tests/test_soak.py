@@ -1,7 +1,8 @@
 """
 The fault-injection soak (bench/soak.py) in its CI form: 30 seconds
 per scenario (exporter killed and restarted, one of two paths cut and
-restored, 8 clients x 4 units), every block verified, no NBD error.
+restored, 8 clients x 4 units, the exporter host losing power), every
+block verified, no NBD error.
 """
 
 import json
@@ -28,7 +29,8 @@ class SoakTests(SynchronousTestCase):
         summaries = [json.loads(line) for line in out.splitlines()
                      if line.startswith("{")]
         self.assertEqual([s["scenario"] for s in summaries],
-                         ["kill", "paths", "multi"], out + p.stderr.decode())
+                         ["kill", "paths", "multi", "crash"],
+                         out + p.stderr.decode())
         for s in summaries:
             self.assertEqual((s["nbdErrors"], s["verifyFailures"],
                               s["tracebacks"]), (0, 0, 0), s)
@@ -36,5 +38,7 @@ class SoakTests(SynchronousTestCase):
             self.assertGreater(s["writes"], 100, s)
             self.assertEqual(s["finalVerified"] > 0, True, s)
             self.assertLess(s["importerPeakRSSMiB"], 400, s)
+        # Power losses: acknowledged writes were replayed, none lost.
+        self.assertGreater(summaries[-1]["replays"], 0, summaries[-1])
         self.assertIn("soak PASSED", out)
         self.assertEqual(p.returncode, 0)

@@ -96,11 +96,15 @@ def showList(reply: Dict[str, Any], out: TextIO) -> None:
     units = reply.get("units", [])
     if units:
         rows: List[List[Any]] = [["UNIT", "SERIAL", "SIZE", "STATE", "OPENS",
-                                  "QUEUED", "INFLIGHT", "PATHS"]]
+                                  "QUEUED", "INFLIGHT", "UNFLUSHED",
+                                  "REPLAYS", "REPLAYED", "PATHS"]]
         for u in units:
+            w = u.get("window") or {}
             rows.append([u["name"], u["serial"], humanSize(u["size"]),
                          unitState(u) + (",ro" if u.get("readOnly") else ""),
                          u["opencnt"], u["queued"], u["inflight"],
+                         humanSize(w.get("inUse", 0)), w.get("replays", 0),
+                         humanSize(w.get("replayedBytes", 0)),
                          ",".join(p + ("*" if p == u.get("openVia") else "")
                                   for p in u["paths"]) or "-"])
         table(rows, out)

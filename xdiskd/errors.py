@@ -48,3 +48,12 @@ class StartupError(XDiskError):
     missing export file...).  The message is one line for the admin,
     naming the option and its value; twistd exits with status 1.
     """
+
+
+class UnflushedLostError(MediaError):
+    """
+    Writes acknowledged but not yet flushed were lost with the exporter
+    (a host crash, a failover to a node whose cache never saw them) and
+    the importer was told not to replay them (C{--unflushed fail}), or
+    replaying them failed.  NBD: EIO.
+    """

@@ -36,6 +36,8 @@ LAYOUT: Dict[str, Tuple[str, str]] = {
     "no-import": ("Import", ""),
     "linger": ("Import", "SECONDS"),
     "stall-timeout": ("Import", "SECONDS"),
+    "unflushed-window": ("Import", "SIZE"),
+    "unflushed": ("Import", "replay|fail"),
     "max-io": ("Import", "BYTES"),
     "readonly-unit": ("Import", "NAME"),
     "nbd": ("NBD", "ENDPOINT"),

@@ -56,7 +56,13 @@ class IBlockDevice(Interface):
         """
 
     def write(offset, data):
-        """Write the bytes-like C{data} at C{offset}.  Fires with None."""
+        """
+        Write the bytes-like C{data} at C{offset}.  Fires with None.
+
+        The caller never changes C{data} afterwards: an xa unit keeps a
+        reference to it, uncopied, until a flush made it durable
+        (L{xdiskd.xa.window}).
+        """
 
     def flush():
         """

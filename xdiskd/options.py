@@ -85,6 +85,18 @@ def _choice(option: str, *choices: str) -> Callable[[str], str]:
     return coerce
 
 
+def _sizeOption(option: str) -> Callable[[str], int]:
+    """A coercer of C{--option SIZE} (C{64M}), naming both on error."""
+    def coerce(text: str) -> int:
+        try:
+            return parseSize(text)
+        except usage.UsageError:
+            raise usage.UsageError("--%s: %r is not a size (e.g. 64M, "
+                                   "1G)" % (option, text))
+    coerce.coerceDoc = ""  # type: ignore[attr-defined]
+    return coerce
+
+
 def _octal(option: str) -> Callable[[str], str]:
     def coerce(text: str) -> str:
         try:
@@ -193,6 +205,16 @@ class Options(usage.Options):
          "gets at most what its exporter states in its span (xdiskd: "
          "1048576); DragonFly exporters state nothing and get 131072.",
          _whole("max-io", "bytes", 512, 1048576)],
+        ["unflushed-window", None, "64M",
+         "Per unit, keep up to this much of the data written since the "
+         "last completed flush, to replay it if the exporter's host "
+         "crashes or a failover lands on another node (e.g. 64M); when "
+         "full, the importer flushes before it acknowledges more.",
+         _sizeOption("unflushed-window")],
+        ["unflushed", None, "replay",
+         "What a lost unflushed window does (replay|fail): replay it "
+         "before any other I/O, or fail the held writes and the next "
+         "flush with EIO.", _choice("unflushed", "replay", "fail")],
         ["store-threads", None, 4, "Export-side disk I/O threads (1..256).",
          _whole("store-threads", "threads", 1, 256)],
         ["inline-write-max", None, 1048576,
@@ -313,6 +335,9 @@ class Options(usage.Options):
             self._loadConfig(self["config"])
         if not self["hostname"]:
             self["hostname"] = socket.gethostname()
+        if not isinstance(self["unflushed-window"], int):
+            self["unflushed-window"] = _sizeOption("unflushed-window")(
+                str(self["unflushed-window"]))
         images = []
         for spec in self["image"]:
             path, sep, size = spec.rpartition("=")

@@ -91,4 +91,5 @@ def describe(export: Export) -> Dict[str, Any]:
                 label=spec.label, spec=spec.unparse(),
                 spans=sorted(link.name for link in export.spans),
                 opens=len(export.opens), inflight=export.inflight,
-                ops=export.ops, errors=export.errors)
+                ops=export.ops, errors=export.errors,
+                incarnation="%016x" % (export.incarnation,))

@@ -147,6 +147,33 @@ def _units(r: Registry, importer: Any) -> None:
         r.counter("xdiskd_unit_fail_fast_total",
                   "Times the stall timeout expired.", base,
                   stats["failFasts"])
+        window = snap.get("window")
+        if window is not None:
+            r.counter("xdiskd_unit_replays_total",
+                      "Unflushed windows replayed after a lost open.", base,
+                      window["replays"])
+            r.counter("xdiskd_unit_replayed_bytes_total",
+                      "Bytes of unflushed writes replayed.", base,
+                      window["replayedBytes"])
+            r.counter("xdiskd_unit_replayed_writes_total",
+                      "Unflushed writes and trims replayed.", base,
+                      window["replayedWrites"])
+            r.gauge("xdiskd_unit_replay_max_seconds",
+                    "Longest replay (re-issue and flush) so far.", base,
+                    window["maxReplaySeconds"])
+            r.gauge("xdiskd_unit_unflushed_bytes",
+                    "Unflushed window in use: data plus per-entry cost.",
+                    base, window["inUse"])
+            r.gauge("xdiskd_unit_unflushed_limit_bytes",
+                    "Size of the unflushed window (--unflushed-window).",
+                    base, window["limit"])
+            r.counter("xdiskd_unit_window_flushes_total",
+                      "Flushes the importer sent to make room in a full "
+                      "window.", base, window["autoFlushes"])
+            r.counter("xdiskd_unit_unflushed_lost_total",
+                      "Unflushed windows lost and failed with EIO "
+                      "(--unflushed fail, or a failed replay).", base,
+                      window["lostWindows"])
         r.gauge("xdiskd_unit_inflight",
                 "I/O transactions on the wire.", base, snap["inflight"])
         r.gauge("xdiskd_unit_queued",

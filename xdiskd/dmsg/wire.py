@@ -112,7 +112,7 @@ def encodeLabel(label: bytes) -> bytes:
 # and C{unpackFrom(buf)} reading them back.
 
 _CONN = struct.Struct("<16s16s16sQBBHIIQ56s128s")
-_SPAN = struct.Struct("<16s16sBBHI8sIIQII40s128s128s")
+_SPAN = struct.Struct("<16s16sBBHI8sIIQIIQ32s128s128s")
 _OPEN = struct.Struct("<II")
 _BLKIO = struct.Struct("<QQIIII")
 _BLKERR = struct.Struct("<QII64s")
@@ -161,8 +161,15 @@ class LnkSpan(NamedTuple):
 
     C{media_maxio} is C{media.block.reserved01} (u32 at 0x84), which
     DragonFly leaves 0: an xdiskd exporter states there the largest
-    READ/WRITE it accepts (0 means DragonFly's 131072, §8.3).  Relays copy
-    the media union through unchanged.
+    READ/WRITE it accepts (0 means DragonFly's 131072, §8.3).
+
+    C{media_incarnation} is the u64 at 0x88, the first bytes of the media
+    union past C{media.block}, which DragonFly leaves 0 (spec §4.3: "rest
+    0"): an xdiskd exporter states there which page cache its writes go
+    into (L{xdiskd.export.incarnation}), so an importer knows whether
+    writes not yet flushed can have been lost (0: unknown, assume lost).
+    C{media_rest} is the 32 bytes after it.  Relays copy the media union
+    through unchanged.
     """
 
     peer_type: int = C.PEER_BLOCK
@@ -179,24 +186,26 @@ class LnkSpan(NamedTuple):
     pfs_id: bytes = _U16
     media_rest: bytes = b""
     media_maxio: int = 0
+    media_incarnation: int = 0
 
     def packInto(self, buf: bytearray) -> None:
         _SPAN.pack_into(buf, C.HDR_SIZE, self.peer_id, self.pfs_id,
                         self.pfs_type, self.peer_type, self.proto_version,
                         self.status, b"", self.dist, self.rnss,
                         self.media_bytes, self.media_blksize,
-                        self.media_maxio, self.media_rest,
+                        self.media_maxio, self.media_incarnation,
+                        self.media_rest,
                         encodeLabel(self.peer_label),
                         encodeLabel(self.pfs_label))
 
     @classmethod
     def unpackFrom(cls, buf: BytesLike) -> "LnkSpan":
         (peer_id, pfs_id, pfs_type, peer_type, proto_version, status, _r2,
-         dist, rnss, mbytes, mblksize, mmaxio, mrest, peer_label,
+         dist, rnss, mbytes, mblksize, mmaxio, minc, mrest, peer_label,
          pfs_label) = _SPAN.unpack_from(buf, C.HDR_SIZE)
         return cls(peer_type, mbytes, mblksize, decodeLabel(peer_label),
                    decodeLabel(pfs_label), proto_version, pfs_type, dist,
-                   rnss, status, peer_id, pfs_id, mrest, mmaxio)
+                   rnss, status, peer_id, pfs_id, mrest, mmaxio, minc)
 
 
 class BlkOpen(NamedTuple):

@@ -35,6 +35,7 @@ from xdiskd.dmsg import constants as C
 from xdiskd.dmsg.link import DMSGLink, LinkError, Transaction
 from xdiskd.dmsg.wire import BlkIO, BlkOpen, LnkSpan, Message
 from xdiskd.errors import MediaError
+from xdiskd.export.incarnation import incarnationOf
 from xdiskd.labels import show
 
 _IO_CMDS = frozenset((C.BLK_READ, C.BLK_WRITE, C.BLK_FLUSH,
@@ -59,11 +60,14 @@ class Export:
     @ivar spans: link → our LNK_SPAN transaction on that link.
     @ivar opens: the live BLK_OPEN transactions on our spans.
     @ivar inflight: I/O operations started on the store, not finished.
+    @ivar incarnation: which page cache acknowledged writes live in until
+        flushed (L{xdiskd.export.incarnation}), stated in the span.
     """
 
     def __init__(self, spec: Any, store: Any) -> None:
         self.spec = spec
         self.store = store
+        self.incarnation = incarnationOf(store)
         self.serial: str = spec.serial
         self.spans: Dict[DMSGLink, Transaction] = {}
         self.opens: Dict[Transaction, None] = {}
@@ -80,7 +84,8 @@ class Export:
                        media_blksize=self.spec.blksize,
                        peer_label=self.spec.label.encode("utf-8"),
                        pfs_label=self.spec.serial.encode("utf-8"),
-                       media_maxio=C.AUX_MAX)
+                       media_maxio=C.AUX_MAX,
+                       media_incarnation=self.incarnation)
 
     def whenIdle(self) -> Deferred:
         if self.inflight == 0:

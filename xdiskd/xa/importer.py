@@ -33,6 +33,7 @@ from xdiskd.dmsg.wire import LnkSpan
 from xdiskd.interfaces import IBlockDeviceRegistry
 from xdiskd.labels import parse, show, unitKey
 from xdiskd.xa.unit import DEFAULT_MAX_IO, MAXTAGS, XAUnit
+from xdiskd.xa.window import DEFAULT_WINDOW, MODES, REPLAY
 
 DEFAULT_LINGER = 60.0
 #: Smallest maximum I/O a path may state (with the sector size, if larger).
@@ -60,10 +61,16 @@ class Importer:
     def __init__(self, reactor: Any, linger: float = DEFAULT_LINGER,
                  maxIO: int = DEFAULT_MAX_IO, maxTags: int = MAXTAGS,
                  readOnly: Any = (), stallTimeout: float = 0.0,
-                 pathCheck: float = 0.0) -> None:
+                 pathCheck: float = 0.0, window: int = DEFAULT_WINDOW,
+                 unflushed: str = REPLAY) -> None:
         if not 512 <= maxIO <= C.AUX_MAX:
             raise ValueError("max I/O size %d not in 512..%d" % (
                 maxIO, C.AUX_MAX))
+        if unflushed not in MODES or window < 0:
+            raise ValueError("bad unflushed window %r %r" % (
+                window, unflushed))
+        self.window = window
+        self.unflushed = unflushed
         self.reactor = reactor
         self.linger = linger
         self.maxIO = maxIO
@@ -161,7 +168,7 @@ class Importer:
         # once cut the unit's I/O to 512 bytes (45x slower writes).
         maxIO = max(ext.media_maxio or C.DRAGONFLY_MAX_IO,
                     max(unit.sectorSize, MIN_PATH_IO))
-        unit.spanAdded(txn, maxIO)
+        unit.spanAdded(txn, maxIO, ext.media_incarnation)
 
     def _refuse(self, reason: str, fmt: str, **kw: Any) -> None:
         """Count a refused span; log the first few and every 1000th."""
@@ -195,7 +202,8 @@ class Importer:
                     or "xa%d" % (number,) in self.readOnly)
         unit = XAUnit(self, number, key, unitKey(ext.peer_label),
                       ext.media_bytes, blksize, self.maxIO, self.maxTags,
-                      readOnly=readOnly, stallTimeout=self.stallTimeout)
+                      readOnly=readOnly, stallTimeout=self.stallTimeout,
+                      window=self.window, unflushed=self.unflushed)
         unit.createdBy = link
         self._created[link] = self._created.get(link, 0) + 1
         self.units[key] = unit

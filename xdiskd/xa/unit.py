@@ -7,7 +7,9 @@ xa_restart_deferred) rebuilt on Deferreds.
 Open life cycle (C{state}), each transition in one place below:
 
   CLOSED   --open()----------------> OPENING  (BLK_OPEN sent on first live span)
-  OPENING  --result 0--------------> OPEN     (queued I/O restarted)
+  OPENING  --result 0--------------> OPEN     (queued I/O restarted, after
+                                              a replay of lost unflushed
+                                              writes: xa/window.py)
   OPENING  --error / lost----------> CLOSED   (first open fails the caller)
                                      or STALLED (re-open: unit already open)
   OPEN     --open txn lost---------> STALLED  (I/O re-queued; re-open at once
@@ -65,6 +67,7 @@ from xdiskd.interfaces import Done, ICallbackBlockDevice
 from xdiskd.labels import show
 from xdiskd.xa.request import Chunk, Request
 from xdiskd.xa.stats import UnitStats
+from xdiskd.xa.window import DEFAULT_WINDOW, REPLAY, UnflushedWindow
 
 MAXTAGS = 64
 DEFAULT_MAX_IO = C.AUX_MAX       # the cap; each path may state less
@@ -150,7 +153,9 @@ class XAUnit:
     def __init__(self, importer: Any, number: int, serial: bytes,
                  peerLabel: bytes, size: int, sectorSize: int,
                  maxIO: int = DEFAULT_MAX_IO, maxTags: int = MAXTAGS,
-                 readOnly: bool = False, stallTimeout: float = 0.0) -> None:
+                 readOnly: bool = False, stallTimeout: float = 0.0,
+                 window: int = DEFAULT_WINDOW,
+                 unflushed: str = REPLAY) -> None:
         self.importer = importer
         self.reactor = importer.reactor
         self.number = number
@@ -171,6 +176,7 @@ class XAUnit:
         self._openModes = 0
         self.spans: List[Transaction] = []
         self._spanIO: Dict[Transaction, int] = {}
+        self._spanInc: Dict[Optional[Transaction], int] = {}
         self._openIO = maxIO
         self.state = CLOSED
         self.opencnt = 0
@@ -198,6 +204,9 @@ class XAUnit:
         self.failingFast = False
         #: Moving the open to a better path: nothing new is issued.
         self._moving = False
+        # Acknowledged writes not yet flushed, replayed after a lost open
+        # (xa/window.py).
+        self.window = UnflushedWindow(self, window, unflushed)
 
     def __repr__(self) -> str:
         return "<XAUnit %s serial=%s %s opencnt=%d spans=%d q=%d f=%d>" % (
@@ -219,12 +228,14 @@ class XAUnit:
     # Paths (called by the importer)
 
     def spanAdded(self, span: Transaction,
-                  maxIO: Optional[int] = None) -> None:
+                  maxIO: Optional[int] = None, incarnation: int = 0) -> None:
         """
         A path: C{span}, whose exporter takes READ/WRITEs of up to
-        C{maxIO} bytes (None: any size up to the unit's cap).
+        C{maxIO} bytes (None: any size up to the unit's cap) and states
+        C{incarnation} (0: none, L{xdiskd.export.incarnation}).
         """
         self.spans.append(span)
+        self._spanInc[span] = incarnation
         limit = self.maxIOCap if maxIO is None else min(maxIO,
                                                         self.maxIOCap)
         sector = self.sectorSize
@@ -244,6 +255,7 @@ class XAUnit:
         if span in self.spans:
             self.spans.remove(span)
         self._spanIO.pop(span, None)
+        self._spanInc.pop(span, None)
         if self._spanIO:
             self.maxIO = min(self._spanIO.values())
         self.log.info("{unit}: path via {link} gone ({n} left)",
@@ -296,6 +308,7 @@ class XAUnit:
         if self.opencnt:
             return succeed(None)
         self._cancelRetry()
+        self.window.closed()
         # Requests that cannot be issued without an open fail now.
         self._failQueued(NotOpenError("%s closed" % (self.name,)))
         txn = self.openTxn
@@ -351,6 +364,9 @@ class XAUnit:
                 self._stalledEnd()
                 self.log.info("{unit}: open via {link}", unit=self.name,
                               link=txn.link.name)
+                # Before anyone waiting on the open can issue I/O.
+                self.window.opened(self._spanInc.get(txn.parent, 0),
+                                   txn.link.name)
                 self._fireOpen(None)
                 self._kick()
             elif msg.error == C.ERR_IO and self._openModes & C.BLKOPEN_WR:
@@ -383,6 +399,7 @@ class XAUnit:
                     self._openFailed(msg.error or C.ERR_LOSTLINK)
                 elif self.state == OPEN:
                     self.stats.failovers += 1
+                    self.window.openLost()
                     # Its I/O was re-queued just before (children fail
                     # first, §6.8): one line per event, with the count.
                     self.log.info("{unit}: open via {link} lost ({e:#x}); "
@@ -610,6 +627,8 @@ class XAUnit:
                 limit = self._spanIO.get(parent, self.maxIO)
             elif (self.state == OPEN and self.openTxn.isOpen  # type: ignore
                   and not self._moving):
+                if chunk.seq > self.window.gate:
+                    return    # a replay goes first (xa/window.py)
                 parent = self.openTxn
                 limit = self._openIO
             else:
@@ -682,6 +701,10 @@ class XAUnit:
         req.started = time.perf_counter()
         self.stats.start(C.BLK_FLUSH)
         [chunk] = req.split(None, self.maxIO)
+        # Numbered after every write acknowledged so far, so the unflushed
+        # window releases what it covers (xa/window.py).
+        self._seq += 1
+        chunk.seq = self._seq
         if not self._issue(txn, chunk):
             self.queue.remove(chunk)       # _issue re-queued it
             self._moving = False
@@ -730,8 +753,12 @@ class XAUnit:
         io = txn.link.io
         io.importOps += 1
         if error == 0:
-            if chunk.cmd == C.BLK_READ or chunk.cmd == C.BLK_WRITE:
+            cmd = chunk.cmd
+            if cmd == C.BLK_READ or cmd == C.BLK_WRITE:
                 io.importBytes += chunk.length
+            if cmd != C.BLK_READ and self.window.completed(chunk):
+                self._kick()     # held for room in the unflushed window
+                return
             chunk.request.chunkDone(chunk, msg.aux)
             self._kick()
             return
@@ -835,6 +862,7 @@ class XAUnit:
         if self._stallCall is not None and self._stallCall.active():
             self._stallCall.cancel()
         self._stallCall = None
+        self.window.closed()
         self._failQueued(UnitGoneError("%s removed" % (self.name,)))
 
     def snapshot(self) -> Dict[str, Any]:
@@ -847,6 +875,7 @@ class XAUnit:
                     readOnly=self.readOnly, maxIO=self.maxIO,
                     failingFast=self.failingFast,
                     stalledFor=round(self.stalledFor, 3),
+                    window=self.window.snapshot(),
                     stats=self.stats.asDict())
 
 
