@@ -124,7 +124,7 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
     for desc in options["listen"]:
         desc = serverEndpointString(desc, options["socket-mode"])
         try:
-            ep = serverEndpoint(reactor, desc, tls)
+            ep = serverEndpoint(reactor, desc, tls, options["dfly"])
         except (ValueError, TypeError, KeyError) as e:
             raise usage.UsageError("bad --listen %r: %s" % (desc, e))
         svc = StreamServerEndpointService(
@@ -136,7 +136,18 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
         svc.setServiceParent(top)
     def connectEndpoint(desc: str) -> Any:
         """A --connect (or xdisk attach) endpoint."""
-        return clientEndpoint(reactor, desc, tls)
+        return clientEndpoint(reactor, desc, tls, dflyKeys(desc))
+
+    def dflyKeys(desc: str) -> Any:
+        # Keys are loaded at start-up when a dfly: endpoint is configured;
+        # a first one attached later loads (and checks) them now.
+        if options["dfly"] is None and desc.startswith("dfly:"):
+            from xdiskd.dfly.keys import DFlyKeyError, KeyDirectory
+            try:
+                options["dfly"] = KeyDirectory(options["dfly-dir"]).load()
+            except DFlyKeyError as e:
+                raise ValueError(str(e))
+        return options["dfly"]
 
     top.connectors = Connectors(top, connectEndpoint,
                                 lambda desc: DMSGFactory(
