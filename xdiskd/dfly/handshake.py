@@ -13,8 +13,10 @@ LNK_CONN).  Two xdiskd peers would each wait for the other, so xdiskd
 names the format it sends in the block's free-text C{quickmsg}
 (C{"xdiskd U"}), which libdmsg only prints ("auth success: xdiskd U"):
 a peer that names its format is believed (the block is signed), any
-other is detected.  We send U, or whatever the peer turned out to send,
-or what the endpoint forces (C{format=u|t}).
+other is detected from its first 80 stream bytes, and nothing is sent
+before that.  To an xdiskd peer we send U (or what the endpoint forces,
+C{format=u|t}); to any other, what it sends (a forced format that
+differs refuses the link).
 
 L{Negotiation} is fed received bytes and returns an L{Established} once
 both are settled.  Every failure raises a L{NegotiationError} whose text
@@ -296,19 +298,25 @@ class Negotiation:
             self.stage = "format"
         peer = self._peerBlock
         assert peer is not None and self._block is not None
-        rxFormat = self.fmt if self.fmt != "auto" else peer.announced
-        if peer.announced is not None and rxFormat != peer.announced:
-            raise FormatMismatch(
-                "peer sends stream format %s but this endpoint is "
-                "format=%s" % (peer.announced, self.fmt.lower()))
-        if rxFormat is None:
+        if peer.announced is not None:
+            # An xdiskd peer names what it sends (its block is signed).
+            if self.fmt != "auto" and peer.announced != self.fmt:
+                raise FormatMismatch(
+                    "peer sends stream format %s but this endpoint is "
+                    "format=%s" % (peer.announced, self.fmt.lower()))
+            rxFormat = peer.announced
+            txFormat = "U" if self.fmt == "auto" else self.fmt
+        else:
+            # libdmsg speaks first; nothing is sent before its format is
+            # known (a T host crashes on U data, dmsg-crypto.md §8.2).
             if len(self._buf) < DETECT_BYTES:
                 return None
             rxFormat = detectFormat(peer.key, peer.fixed,
                                     bytes(self._buf[:DETECT_BYTES]))
-        if peer.announced is not None:
-            txFormat = "U" if self.fmt == "auto" else self.fmt
-        else:
+            if self.fmt != "auto" and rxFormat != self.fmt:
+                raise FormatMismatch(
+                    "peer sends stream format %s but this endpoint is "
+                    "format=%s; nothing sent" % (rxFormat, self.fmt.lower()))
             txFormat = rxFormat
         mine = bytes(self._block[SESS])
         tx = sender(txFormat, mine[0:32], mine[32:36])
