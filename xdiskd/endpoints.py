@@ -192,7 +192,7 @@ def clientEndpoint(reactor: Any, desc: str, tls: Optional[TLSConfig],
         if dfly is None:
             raise ValueError("%s: DragonFly keys are not loaded" % (desc,))
         return DFlyClientEndpoint(clientFromString(reactor, inner), dfly,
-                                  fmt, reactor)
+                                  fmt, reactor, desc)
     if not isTLS(desc):
         return clientFromString(reactor, desc)
     if tls is None:

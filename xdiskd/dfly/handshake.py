@@ -266,6 +266,11 @@ class Negotiation:
         return len(self._buf)
 
     @property
+    def head(self) -> bytes:
+        """The first bytes received (for telling what a failed peer sent)."""
+        return bytes(self._buf[:8]) if self.stage == "handshake" else b""
+
+    @property
     def needed(self) -> int:
         """Bytes the current stage needs."""
         return BLOCK_SIZE if self.stage == "handshake" else DETECT_BYTES

@@ -49,6 +49,8 @@ from xdiskd.tuning import Sender, leanReader, tuneTransport
 NEGOTIATION_TIMEOUT = 10.0
 
 log = Logger(namespace="xdiskd.dfly")
+#: How a plain DMSG stream starts (magic 0x4832, little-endian).
+DMSG_MAGIC = b"\x32\x48"
 
 
 class NegotiationFailed(ConnectionError):
@@ -272,10 +274,17 @@ class DFlyProtocol(Protocol):
         """Close this connection now, logging C{why} once."""
         if self.state == "closed":
             return
+        negotiating = self.state == "negotiating"
         self.state = "closed"
         self._cancelTimer()
         log.warn("dfly {where}: closing: {why}", where=self.where, why=why)
-        if self.transport is not None:
+        if self.transport is None:
+            return
+        if negotiating:
+            # Our 512 bytes still go out (they fit any socket buffer): the
+            # peer then logs why it refused too, not just an EOF.
+            self.transport.loseConnection()
+        else:
             self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def connectionLost(self, reason: Failure = Failure(
@@ -318,6 +327,10 @@ def _closedDuring(neg: Negotiation, reason: Failure) -> str:
     if neg.stage == "handshake" and neg.received == 0:
         return ("closed by the peer before its handshake (%s): it has no "
                 "key or .none for our address, or a bad key" % (how,))
+    if neg.stage == "handshake" and neg.head.startswith(DMSG_MAGIC):
+        return ("closed by the peer after %d of 512 handshake bytes (%s), "
+                "which look like plain DMSG: it has a .none file for us, "
+                "we a .pub for it" % (neg.received, how))
     if neg.stage == "handshake":
         return ("closed by the peer after %d of 512 handshake bytes (%s): "
                 "it probably rejected ours (wrong key for us, or it "
@@ -372,6 +385,9 @@ class DFlyServerEndpoint:
         self.format = format
         self.clock = clock
 
+    def __repr__(self) -> str:
+        return "<DFlyServerEndpoint %r>" % (self.wrapped,)
+
     def listen(self, protocolFactory: Any) -> Deferred:
         return self.wrapped.listen(DFlyFactory(
             protocolFactory, self.keys, self.format, self.clock))
@@ -381,15 +397,21 @@ class DFlyServerEndpoint:
 class DFlyClientEndpoint:
     """
     Connects with C{wrapped}, negotiates, then fires with the protocol
-    (a failed negotiation fails the connection attempt).
+    (a failed negotiation fails the connection attempt).  C{desc} names
+    it in log lines.
     """
 
     def __init__(self, wrapped: Any, keys: KeyDirectory,
-                 format: str = "auto", clock: Any = None) -> None:
+                 format: str = "auto", clock: Any = None,
+                 desc: str = "") -> None:
+        self.desc = desc
         self.wrapped = wrapped
         self.keys = keys
         self.format = format
         self.clock = clock
+
+    def __repr__(self) -> str:
+        return "<DFlyClientEndpoint %s>" % (self.desc or repr(self.wrapped),)
 
     def connect(self, protocolFactory: Any) -> Deferred:
         d = self.wrapped.connect(DFlyFactory(
