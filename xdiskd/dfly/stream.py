@@ -10,7 +10,7 @@ what is ready.  K = the sender's C{sess[0:32]}, F = its C{sess[32:36]}.
   - Format T (DragonFly before ~2022): each 64-byte chunk n is its own
     AES-256-GCM message, IV C{F ‖ BE64(n)}, sent with its 16-byte tag:
     80 wire bytes per 64.  One AEAD call per chunk (measured here: about
-    30 MB/s per direction in Python, against over 4 GB/s for U).
+    40 MB/s per direction in Python, against over 4 GB/s for U).
 
 Limits: the U keystream is a GCM counter of 32 bits starting at 2, and
 GCM refuses more than 2^36 - 32 bytes per message: LibreSSL's libdmsg
@@ -100,16 +100,16 @@ class _TSender:
     def update(self, data: bytes) -> bytes:
         if self._rest:
             data = self._rest + data
+        elif type(data) is not bytes:
+            data = bytes(data)
         end = len(data) - len(data) % CHUNK
         self._rest = data[end:]
         seal, fixed, pack = self._seal, self._fixed, _IV.pack
-        view = memoryview(data)
         n = self._n
-        out: List[bytes] = []
-        for o in range(0, end, CHUNK):
-            out.append(seal(pack(fixed, n), view[o:o + CHUNK], None))
-            n += 1
-        self._n = n
+        # bytes slices: 40 MB/s here against 27 with memoryview slices
+        out = [seal(pack(fixed, n + i), data[o:o + CHUNK], None)
+               for i, o in enumerate(range(0, end, CHUNK))]
+        self._n = n + len(out)
         return b"".join(out)
 
 
@@ -132,16 +132,17 @@ class _TReceiver:
     def update(self, data: bytes) -> bytes:
         if self._rest:
             data = self._rest + data
+        elif type(data) is not bytes:
+            data = bytes(data)
         end = len(data) - len(data) % WIRE_CHUNK
         self._rest = data[end:]
         unseal, fixed, pack = self._open, self._fixed, _IV.pack
-        view = memoryview(data)
         n = self._n
         out: List[bytes] = []
+        append = out.append
         try:
             for o in range(0, end, WIRE_CHUNK):
-                out.append(unseal(pack(fixed, n), view[o:o + WIRE_CHUNK],
-                                  None))
+                append(unseal(pack(fixed, n), data[o:o + WIRE_CHUNK], None))
                 n += 1
         except InvalidTag:
             raise BadTag("format T: bad tag on chunk %d (stream byte %d): "
