@@ -164,7 +164,7 @@ def serverEndpoint(reactor: Any, desc: str, tls: Optional[TLSConfig],
         if dfly is None:
             raise ValueError("%s: DragonFly keys are not loaded" % (desc,))
         return DFlyServerEndpoint(serverFromString(reactor, inner), dfly,
-                                  fmt, reactor)
+                                  fmt, reactor, desc)
     if not isTLS(desc):
         return serverFromString(reactor, desc)
     if tls is None:

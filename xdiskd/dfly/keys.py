@@ -45,17 +45,14 @@ class DFlyKeyError(ValueError):
     """A key file is missing, unreadable or unusable (one-line message)."""
 
 
-@attr.s(frozen=True, slots=True, auto_attribs=True)
-class PublicKey:
-    """An RSA public key as the handshake uses it: C{n}, C{e}, size C{k}."""
+class _Size:
+    """C{k} (modulus bytes, OpenSSL's C{RSA_size}) and C{bits} of C{n}."""
 
+    __slots__ = ()
     n: int
-    e: int
-    path: str = ""
 
     @property
     def k(self) -> int:
-        """Modulus size in bytes (OpenSSL's C{RSA_size})."""
         return (self.n.bit_length() + 7) // 8
 
     @property
@@ -64,7 +61,16 @@ class PublicKey:
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
-class PrivateKey:
+class PublicKey(_Size):
+    """An RSA public key as the handshake uses it: C{n}, C{e}, size C{k}."""
+
+    n: int
+    e: int
+    path: str = ""
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class PrivateKey(_Size):
     """An RSA private key with its CRT parameters."""
 
     n: int
@@ -76,14 +82,6 @@ class PrivateKey:
     dq: int
     qinv: int
     path: str = ""
-
-    @property
-    def k(self) -> int:
-        return (self.n.bit_length() + 7) // 8
-
-    @property
-    def bits(self) -> int:
-        return self.n.bit_length()
 
     @property
     def public(self) -> PublicKey:

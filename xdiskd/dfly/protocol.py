@@ -374,32 +374,8 @@ class DFlyFactory(Factory):
         return DFlyProtocol(self, wrapped)
 
 
-@implementer(IStreamServerEndpoint)
-class DFlyServerEndpoint:
-    """Listens on C{wrapped}; every connection negotiates first."""
-
-    def __init__(self, wrapped: Any, keys: KeyDirectory,
-                 format: str = "auto", clock: Any = None) -> None:
-        self.wrapped = wrapped
-        self.keys = keys
-        self.format = format
-        self.clock = clock
-
-    def __repr__(self) -> str:
-        return "<DFlyServerEndpoint %r>" % (self.wrapped,)
-
-    def listen(self, protocolFactory: Any) -> Deferred:
-        return self.wrapped.listen(DFlyFactory(
-            protocolFactory, self.keys, self.format, self.clock))
-
-
-@implementer(IStreamClientEndpoint)
-class DFlyClientEndpoint:
-    """
-    Connects with C{wrapped}, negotiates, then fires with the protocol
-    (a failed negotiation fails the connection attempt).  C{desc} names
-    it in log lines.
-    """
+class _DFlyEndpoint:
+    """C{wrapped}, the keys and format, and C{desc} for log lines."""
 
     def __init__(self, wrapped: Any, keys: KeyDirectory,
                  format: str = "auto", clock: Any = None,
@@ -411,7 +387,25 @@ class DFlyClientEndpoint:
         self.clock = clock
 
     def __repr__(self) -> str:
-        return "<DFlyClientEndpoint %s>" % (self.desc or repr(self.wrapped),)
+        return "<%s %s>" % (type(self).__name__,
+                            self.desc or repr(self.wrapped))
+
+
+@implementer(IStreamServerEndpoint)
+class DFlyServerEndpoint(_DFlyEndpoint):
+    """Listens on C{wrapped}; every connection negotiates first."""
+
+    def listen(self, protocolFactory: Any) -> Deferred:
+        return self.wrapped.listen(DFlyFactory(
+            protocolFactory, self.keys, self.format, self.clock))
+
+
+@implementer(IStreamClientEndpoint)
+class DFlyClientEndpoint(_DFlyEndpoint):
+    """
+    Connects with C{wrapped}, negotiates, then fires with the protocol
+    (a failed negotiation fails the connection attempt).
+    """
 
     def connect(self, protocolFactory: Any) -> Deferred:
         d = self.wrapped.connect(DFlyFactory(

@@ -81,14 +81,14 @@ class _U:
         return self._ctx.update(data)
 
 
-class _TSender:
-    """Format T, sending: 80 wire bytes per whole 64-byte chunk."""
+class _T:
+    """Format T, either direction: chunk counter, what waits for more."""
 
-    __slots__ = ("_seal", "_fixed", "_n", "_rest")
+    __slots__ = ("_aead", "_fixed", "_n", "_rest")
     format = "T"
 
     def __init__(self, key: bytes, fixed: bytes) -> None:
-        self._seal = AESGCM(key).encrypt
+        self._aead = AESGCM(key)
         self._fixed = fixed
         self._n = 0
         self._rest = b""
@@ -97,46 +97,42 @@ class _TSender:
     def pending(self) -> int:
         return len(self._rest)
 
-    def update(self, data: bytes) -> bytes:
+    def _whole(self, data: bytes, unit: int) -> "tuple[bytes, int]":
+        """What waited plus C{data}, as bytes (slices of bytes are the
+        fastest AEAD input here: 40 MB/s against 27 with memoryviews), and
+        where its whole C{unit}s end; the rest waits."""
         if self._rest:
             data = self._rest + data
         elif type(data) is not bytes:
             data = bytes(data)
-        end = len(data) - len(data) % CHUNK
+        end = len(data) - len(data) % unit
         self._rest = data[end:]
-        seal, fixed, pack = self._seal, self._fixed, _IV.pack
+        return data, end
+
+
+class _TSender(_T):
+    """Format T, sending: 80 wire bytes per whole 64-byte chunk."""
+
+    __slots__ = ()
+
+    def update(self, data: bytes) -> bytes:
+        data, end = self._whole(data, CHUNK)
+        seal, fixed, pack = self._aead.encrypt, self._fixed, _IV.pack
         n = self._n
-        # bytes slices: 40 MB/s here against 27 with memoryview slices
         out = [seal(pack(fixed, n + i), data[o:o + CHUNK], None)
                for i, o in enumerate(range(0, end, CHUNK))]
         self._n = n + len(out)
         return b"".join(out)
 
 
-class _TReceiver:
+class _TReceiver(_T):
     """Format T, receiving: verifies and strips each chunk's tag."""
 
-    __slots__ = ("_open", "_fixed", "_n", "_rest")
-    format = "T"
-
-    def __init__(self, key: bytes, fixed: bytes) -> None:
-        self._open = AESGCM(key).decrypt
-        self._fixed = fixed
-        self._n = 0
-        self._rest = b""
-
-    @property
-    def pending(self) -> int:
-        return len(self._rest)
+    __slots__ = ()
 
     def update(self, data: bytes) -> bytes:
-        if self._rest:
-            data = self._rest + data
-        elif type(data) is not bytes:
-            data = bytes(data)
-        end = len(data) - len(data) % WIRE_CHUNK
-        self._rest = data[end:]
-        unseal, fixed, pack = self._open, self._fixed, _IV.pack
+        data, end = self._whole(data, WIRE_CHUNK)
+        unseal, fixed, pack = self._aead.decrypt, self._fixed, _IV.pack
         n = self._n
         out: List[bytes] = []
         append = out.append
