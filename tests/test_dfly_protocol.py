@@ -7,6 +7,7 @@ over the encrypting transport.
 
 import os
 
+from hypothesis import HealthCheck, given, settings, strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
@@ -22,8 +23,14 @@ from xdiskd.dmsg.link import DMSGLink
 from tests.dflykeys import loaded, rsaKey
 from tests.dmsgpeer import RecordingReceiver
 
+SCALE = float(os.environ.get("XDISKD_FUZZ_SCALE", "1"))
 SERVER = IPv4Address("TCP", "10.0.0.1", 987)
 CLIENT = IPv4Address("TCP", "10.0.0.2", 40000)
+
+
+def cases(n):
+    return settings(max_examples=max(1, int(n * SCALE)), deadline=None,
+                    suppress_health_check=list(HealthCheck))
 
 
 class _LinkFactory:
@@ -284,3 +291,44 @@ class WhenUpTests(_Base):
         self.assertTrue(t.disconnecting)
         self.assertEqual(p.state, "closed")
         self.failureResultOf(d)
+
+
+class FuzzTests(_Base):
+    """Arbitrary peer bytes, during the negotiation and in the stream."""
+
+    def setUp(self):
+        _Base.setUp(self)
+        self.keys = self.serverKeys()
+        self.failures = []
+        globalLogPublisher.addObserver(self._failure)
+        self.addCleanup(globalLogPublisher.removeObserver, self._failure)
+
+    def _failure(self, event):
+        if "log_failure" in event:
+            self.failures.append(event)
+
+    @cases(30)
+    @given(st.binary(max_size=1500), st.integers(1, 600))
+    def test_negotiationTakesAnything(self, data, cut):
+        """Garbage for a handshake never raises: the connection waits
+        for more or is closed with a line."""
+        sf, links, recv = self.side(self.keys)
+        p = sf.buildProtocol(CLIENT)
+        t = FakeTransport(p, True, SERVER, CLIENT)
+        p.makeConnection(t)
+        for o in range(0, len(data), cut):
+            p.dataReceived(data[o:o + cut])
+        self.assertIn(p.state, ("negotiating", "closed"))
+        self.assertEqual(p.state == "closed", t.disconnecting)
+        self.assertEqual(self.failures, [])
+
+    @cases(8)
+    @given(st.binary(min_size=1, max_size=3000),
+           st.sampled_from(["U", "T"]))
+    def test_streamTakesAnything(self, data, fmt):
+        """Garbage after a good negotiation closes the link or waits;
+        nothing raises, nothing is logged as a failure."""
+        s, c = self.connectPair(self.keys, self.clientKeys(), fmt, fmt)
+        s.dataReceived(data)
+        self.assertIn(s.state, ("encrypted", "closed"))
+        self.assertEqual(self.failures, [])
