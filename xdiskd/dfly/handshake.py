@@ -10,8 +10,9 @@ Then the stream format: libdmsg has two (L{xdiskd.dfly.stream}) and
 says nothing about which it speaks, so a receiver tells them apart from
 the first 80 stream bytes (§7.4); libdmsg always speaks first (its
 LNK_CONN).  Two xdiskd peers would each wait for the other, so xdiskd
-names the format it sends in the block's free-text C{quickmsg}
-(C{"xdiskd U"}), which libdmsg only prints ("auth success: xdiskd U"):
+names the format it sends to another xdiskd in the block's free-text
+C{quickmsg} (C{"xdiskd U"}; to libdmsg it answers in libdmsg's format,
+whatever it named), which libdmsg only prints ("auth success: xdiskd U"):
 a peer that names its format is believed (the block is signed), any
 other is detected from its first 80 stream bytes, and nothing is sent
 before that.  To an xdiskd peer we send U (or what the endpoint forces,
