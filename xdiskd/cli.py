@@ -10,6 +10,8 @@ C{xdisk}: talk to a running xdiskd over its control socket.
     export add SPEC         export SERIAL=PATH[,ro][,blksize=N][,label=L]
     export remove SERIAL    withdraw an export
     reload                  re-read the daemon's config file (as SIGHUP)
+    rsainit [DIR]           make our DragonFly RSA key pair (no daemon)
+    rsashow [DIR]           print our DragonFly public key (no daemon)
 
 Exit status: 0 done, 1 the daemon refused the request, 2 usage error,
 3 the daemon cannot be reached.  Standard library only.
@@ -246,7 +248,40 @@ def parser() -> argparse.ArgumentParser:
     er = esub.add_parser("remove", help="withdraw an export")
     er.add_argument("serial")
     sub.add_parser("reload", help="re-read the daemon's config file")
+    r = sub.add_parser("rsainit", help="make our DragonFly RSA key pair "
+                       "for dfly: links, as hammer2 rsainit does")
+    r.add_argument("dir", nargs="?", default=DFLY_DIR,
+                   help="key directory (%s)" % (DFLY_DIR,))
+    r = sub.add_parser("rsashow", help="print our DragonFly public key, "
+                       "for the peer's remote/<our-ip>.pub")
+    r.add_argument("dir", nargs="?", default=DFLY_DIR,
+                   help="key directory (%s)" % (DFLY_DIR,))
     return p
+
+
+DFLY_DIR = "/etc/hammer2"
+
+
+def runKeys(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """C{rsainit} and C{rsashow}: local key files, no daemon."""
+    from xdiskd.dfly.keys import DFlyKeyError, fingerprint, loadOwn, rsainit
+    try:
+        if args.command == "rsainit":
+            for line in rsainit(args.dir):
+                out.write("xdisk rsainit: %s\n" % (line,))
+        own = loadOwn(args.dir)
+    except (DFlyKeyError, OSError) as e:
+        err.write("xdisk %s: %s\n" % (args.command, e))
+        return EXIT_FAILED
+    if args.command == "rsashow":
+        out.write(own.pem.decode("ascii"))
+        err.write("# %d-bit RSA, SHA-256 %s\n# install it on the DragonFly "
+                  "host as /etc/hammer2/remote/<this host's IP, as it sees "
+                  "it>.pub\n" % (own.public.bits, fingerprint(own.public)))
+    else:
+        out.write("xdisk rsainit: public key %s, SHA-256 %s\n" % (
+            own.public.path, fingerprint(own.public)))
+    return 0
 
 
 def run(args: argparse.Namespace, client: ControlClient,
@@ -301,6 +336,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "stat" and (args.interval <= 0 or (
             args.count is not None and args.count < 1)):
         p.error("stat wants -i SEC > 0 and -c N >= 1")
+    if args.command in ("rsainit", "rsashow"):
+        return runKeys(args, sys.stdout, sys.stderr)
     path = controlPath(args.control, args.state_dir)
     client = ControlClient(path, args.timeout)
     try:

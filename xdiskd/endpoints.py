@@ -14,6 +14,12 @@ options (L{xdiskd.tls.TLSConfig}):
 
 Twisted's own C{ssl:} server endpoints still work, without client
 certificates or allow-list.
+
+C{dfly:} runs DragonFly's key negotiation and encrypted stream (libdmsg,
+L{xdiskd.dfly}) on every connection of the TCP endpoint after it, with
+the keys under C{--dfly-dir}: C{--listen dfly:tcp:987}, C{--connect
+dfly:tcp:HOST:987}; C{dfly:format=u:...} or C{format=t} forces the
+stream format (default: as the peer sends; U to xdiskd peers).
 """
 
 from __future__ import annotations
@@ -30,6 +36,44 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from xdiskd.tls import TLS_PREFIX, TLSConfig, TLSConfigError, isTLS
+
+DFLY_PREFIX = "dfly:"
+DFLY_FORMATS = {"auto": "auto", "u": "U", "t": "T"}
+
+
+def isDFly(desc: str) -> bool:
+    """The endpoint description asks for DragonFly's negotiation."""
+    return desc.startswith(DFLY_PREFIX)
+
+
+def splitDFly(desc: str) -> Tuple[str, str]:
+    """
+    C{"dfly:format=t:tcp:h:987"} → C{("T", "tcp:h:987")}; without
+    C{format=}, C{"auto"}.
+
+    @raise ValueError: a bad format, or not a TCP endpoint inside
+        (DragonFly names peers by their IP address).
+    """
+    rest = desc[len(DFLY_PREFIX):]
+    fmt = "auto"
+    if rest.startswith("format="):
+        head, _, rest = rest.partition(":")
+        value = head[len("format="):].lower()
+        if value not in DFLY_FORMATS:
+            raise ValueError("%s: format must be u, t or auto" % (desc,))
+        fmt = DFLY_FORMATS[value]
+    kind = _split(rest)[0]
+    if kind not in ("tcp", "tcp6"):
+        raise ValueError("%s: dfly: needs a tcp: endpoint (DragonFly knows "
+                         "its peers by IP address)" % (desc,))
+    return fmt, rest
+
+
+def dflyHost(desc: str) -> Optional[str]:
+    """The host a C{dfly:} client endpoint dials, if given."""
+    _, inner = splitDFly(desc)
+    kind, positional, named = _args(inner)
+    return named.get("host") or (positional[0] if positional else None)
 
 
 def _split(desc: str) -> List[str]:
@@ -95,7 +139,8 @@ def tlsServerName(desc: str) -> str:
 
 def withConnectTimeout(desc: str, seconds: float) -> str:
     """
-    C{desc} (a client endpoint, C{tls:} or not) with a TCP connect timeout
+    C{desc} (a client endpoint, C{tls:}, C{dfly:} or plain) with a TCP
+    connect timeout
     of C{seconds} where it is a C{tcp:} endpoint that states none:
     Twisted's default of 30 s would leave a redial to a black-holed peer
     hanging that long after the network returns.
@@ -103,6 +148,12 @@ def withConnectTimeout(desc: str, seconds: float) -> str:
     prefix, inner = "", desc
     if isTLS(desc):
         name, inner = splitTLS(desc)
+        prefix = desc[:len(desc) - len(inner)]
+    elif isDFly(desc):
+        try:
+            inner = splitDFly(desc)[1]
+        except ValueError:
+            return desc           # the endpoint itself reports it
         prefix = desc[:len(desc) - len(inner)]
     kind, _, named = _args(inner)
     if kind not in ("tcp", "tcp6") or "timeout" in named or seconds <= 0:
@@ -120,6 +171,8 @@ def checkServerEndpoint(desc: str) -> None:
     """
     if isTLS(desc):
         desc = splitTLS(desc)[1]
+    elif isDFly(desc):
+        desc = splitDFly(desc)[1]
     kind, positional, named = _args(desc)
     if kind in ("tcp", "tcp6", "ssl"):
         port = named.get("port", positional[0] if positional else "")
@@ -158,14 +211,22 @@ class TLSServerEndpoint:
             TLSMemoryBIOFactory(self.contextFactory, False, protocolFactory))
 
 
-def serverEndpoint(reactor: Any, desc: str,
-                   tls: Optional[TLSConfig]) -> IStreamServerEndpoint:
+def serverEndpoint(reactor: Any, desc: str, tls: Optional[TLSConfig],
+                   dfly: Any = None) -> IStreamServerEndpoint:
     """
-    A server endpoint for C{desc}, TLS-wrapped for C{tls:}.
+    A server endpoint for C{desc}, TLS-wrapped for C{tls:}, negotiating
+    with the L{xdiskd.dfly.keys.KeyDirectory} C{dfly} for C{dfly:}.
 
     @raise ValueError: (or TypeError/KeyError, as C{serverFromString})
         for a bad description or a C{tls:} one without TLS configured.
     """
+    if isDFly(desc):
+        from xdiskd.dfly.protocol import DFlyServerEndpoint
+        fmt, inner = splitDFly(desc)
+        if dfly is None:
+            raise ValueError("%s: DragonFly keys are not loaded" % (desc,))
+        return DFlyServerEndpoint(serverFromString(reactor, inner), dfly,
+                                  fmt, reactor, desc)
     if not isTLS(desc):
         return serverFromString(reactor, desc)
     if tls is None:
@@ -178,15 +239,22 @@ def serverEndpoint(reactor: Any, desc: str,
     return TLSServerEndpoint(serverFromString(reactor, inner), options)
 
 
-def clientEndpoint(reactor: Any, desc: str,
-                   tls: Optional[TLSConfig]) -> IStreamClientEndpoint:
+def clientEndpoint(reactor: Any, desc: str, tls: Optional[TLSConfig],
+                   dfly: Any = None) -> IStreamClientEndpoint:
     """
     A client endpoint for C{desc}, TLS-wrapped (server name verified)
-    for C{tls:}.
+    for C{tls:}, negotiating with the keys C{dfly} for C{dfly:}.
 
     @raise ValueError: (or TypeError/KeyError, as C{clientFromString})
         for a bad description or a C{tls:} one without TLS configured.
     """
+    if isDFly(desc):
+        from xdiskd.dfly.protocol import DFlyClientEndpoint
+        fmt, inner = splitDFly(desc)
+        if dfly is None:
+            raise ValueError("%s: DragonFly keys are not loaded" % (desc,))
+        return DFlyClientEndpoint(clientFromString(reactor, inner), dfly,
+                                  fmt, reactor, desc)
     if not isTLS(desc):
         return clientFromString(reactor, desc)
     if tls is None:
@@ -217,9 +285,12 @@ _ANY = {"tcp": "0.0.0.0", "ssl": "0.0.0.0", "tcp6": "::"}
 
 
 def exposure(desc: str) -> Exposure:
-    """Where the server endpoint C{desc} listens (C{tls:} looked through)."""
+    """Where the server endpoint C{desc} listens (C{tls:}, C{dfly:} looked
+    through)."""
     if isTLS(desc):
         desc = splitTLS(desc)[1]
+    elif isDFly(desc):
+        desc = splitDFly(desc)[1]
     kind, positional, named = _args(desc)
     if kind == "unix":
         return Exposure("local", "UNIX socket %s" % (
@@ -255,6 +326,8 @@ def _protection(what: str, desc: str, tls: TLSConfig) -> str:
                 else "with TLS but no client certificates")
     if isTLS(desc):
         return "" if tls.clientAuth else "with TLS but no client certificates"
+    if isDFly(desc):
+        return ""   # only peers with a key (or .none) file get a link
     if desc.startswith("ssl:"):
         return "with TLS but no client certificates"
     return "without TLS"
@@ -276,8 +349,10 @@ def listenerNotice(what: str, desc: str, tls: TLSConfig) -> Tuple[bool, str]:
         return False, "%s (reach unknown)" % (head,)
     weak = _protection(what, desc, tls)
     if not weak:
-        return False, "%s (NOT loopback-only: %s; TLS with client " \
-                      "certificates)" % (head, exp.where)
+        how = ("DragonFly RSA keys by peer address" if isDFly(desc)
+               else "TLS with client certificates")
+        return False, "%s (NOT loopback-only: %s; %s)" % (
+            head, exp.where, how)
     return True, "%s: NOT loopback-only (%s) and %s: any host that can " \
                  "reach it can %s" % (head, exp.where, weak, _RISK[what])
 

@@ -56,6 +56,7 @@ LAYOUT: Dict[str, Tuple[str, str]] = {
     "nbd-tls-ca": ("TLS", "FILE"),
     "nbd-tls-verify-client": ("TLS", ""),
     "nbd-tls-allow": ("TLS", "NAME"),
+    "dfly-dir": ("TLS", "DIR"),
     "link-limit": ("Limits and tuning", "NAME=VALUE"),
     "poll-us": ("Limits and tuning", "N"),
     "config": ("Operations", "FILE"),

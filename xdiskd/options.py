@@ -248,6 +248,9 @@ class Options(usage.Options):
          "Unencrypted PEM private key of --tls-cert [default: in it]."],
         ["tls-ca", None, None,
          "PEM CA certificates that sign DMSG peers' certificates."],
+        ["dfly-dir", None, "/etc/hammer2",
+         "DragonFly key directory for dfly: endpoints (rsa.prv, rsa.pub, "
+         "remote/<peer-ip>.pub or .none), as hammer2 rsainit makes it."],
         ["nbd-tls", None, "off",
          "NBD STARTTLS: off, on (offered) or require."],
         ["nbd-tls-cert", None, None,
@@ -382,6 +385,38 @@ class Options(usage.Options):
                 except ValueError as e:
                     raise usage.UsageError("--connect %s" % (e,))
         self["tls"] = fromOptions(self)
+        self["dfly"] = self._dflyKeys()
+
+    def _dflyKeys(self) -> Any:
+        """
+        With any C{dfly:} endpoint, our DragonFly keys (read and checked
+        now), else None; a numeric C{--connect} host must have its
+        C{remote/} file.
+        """
+        from xdiskd.dfly.keys import DFlyKeyError, KeyDirectory, Refused
+        from xdiskd.endpoints import dflyHost, isDFly, splitDFly
+        descs = [d for d in self["listen"] + self["connect"] if isDFly(d)]
+        if not descs:
+            return None
+        for desc in descs:
+            try:
+                splitDFly(desc)
+            except ValueError as e:
+                raise usage.UsageError(str(e))
+        try:
+            keys = KeyDirectory(self["dfly-dir"]).load()
+        except DFlyKeyError as e:
+            raise usage.UsageError("dfly: %s" % (e,))
+        for desc in self["connect"]:
+            host = dflyHost(desc) if isDFly(desc) else None
+            if host is None:
+                continue
+            decision = keys.decide(host)
+            if isinstance(decision, Refused) and not decision.why.startswith(
+                    "peer address"):
+                raise usage.UsageError("--connect %s: %s" % (
+                    desc, decision.why))
+        return keys
 
     def _operations(self) -> None:
         """Control socket, metrics and log format (README: Operations)."""

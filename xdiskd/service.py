@@ -176,7 +176,7 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
     for given in options["listen"]:
         desc = serverEndpointString(given, options["socket-mode"])
         ep = _serverEndpoint("--listen", given, lambda: serverEndpoint(
-            reactor, desc, tls))
+            reactor, desc, tls, options["dfly"]))
         svc = StreamServerEndpointService(
             AnnouncingEndpoint(ep, _notice("DMSG", desc, tls)), DMSGFactory(
                 node, "in", limits=limits, clock=reactor,
@@ -189,7 +189,19 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
     def connectEndpoint(desc: str) -> Any:
         """A --connect (or xdisk attach) endpoint."""
         return clientEndpoint(
-            reactor, withConnectTimeout(desc, 2 * linkTimeout), tls)
+            reactor, withConnectTimeout(desc, 2 * linkTimeout), tls,
+            dflyKeys(desc))
+
+    def dflyKeys(desc: str) -> Any:
+        # Keys are loaded at start-up when a dfly: endpoint is configured;
+        # a first one attached later loads (and checks) them now.
+        if options["dfly"] is None and desc.startswith("dfly:"):
+            from xdiskd.dfly.keys import DFlyKeyError, KeyDirectory
+            try:
+                options["dfly"] = KeyDirectory(options["dfly-dir"]).load()
+            except DFlyKeyError as e:
+                raise ValueError(str(e))
+        return options["dfly"]
 
     top.connectors = Connectors(top, connectEndpoint,
                                 lambda desc: DMSGFactory(
