@@ -139,8 +139,9 @@ def describe(files=(), sample=1.0):
     mem = meminfo()
     v = versions()
     lines = [
-        "- machine: %s; %d CPUs (nproc); kernel %s" % (
-            cpuModel(), os.cpu_count() or 0, platform.release()),
+        "- machine: %s; %d CPUs (nproc), %d online; kernel %s" % (
+            cpuModel(), len(os.sched_getaffinity(0)), os.cpu_count() or 0,
+            platform.release()),
         "- idle: %s" % (idleState(),),
         "- at start: load average %s; over %.0f s: %s" % (
             " ".join(load) or "?", sample,

@@ -245,6 +245,11 @@ class TwoProcessTests(SynchronousTestCase):
                          "size=268435456 sector=512")
         self.exp.waitLog("LNK_CONN exchange complete")
 
+    def test_auxCRCSkippedOverUNIX(self):
+        """Two xdiskd daemons on a UNIX link agree to skip the aux CRC."""
+        self.exp.waitLog("both ends skip the aux CRC")
+        self.imp.waitLog("both ends skip the aux CRC")
+
     def test_exporterRestartedMidCopy(self):
         """
         The headline: the exporter is SIGKILLed and restarted during an

@@ -225,6 +225,10 @@ class DMSGMutualTLSTests(_PKIMixin, SynchronousTestCase):
             self.assertEqual(f.read(65536), b"\x3c" * 65536)
         self.exp.waitLog("TLS up, peer CN=importer1,O=xdiskd tests")
         imp.waitLog("TLS up, peer CN=localhost,O=xdiskd tests")
+        # TLS guarantees integrity: both offered to skip the aux CRC, and
+        # the data above went that way.
+        self.exp.waitLog("both ends skip the aux CRC")
+        imp.waitLog("both ends skip the aux CRC")
 
     def test_refusedImporters(self):
         """Not on the allow-list, another CA, no certificate: no link."""
