@@ -5,7 +5,9 @@ UNIX sockets in a temporary directory, and real NBD clients.
 Every wait is bounded; every process is killed in cleanup.
 """
 
+import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -17,6 +19,7 @@ from twisted.trial.unittest import SkipTest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+STEP = os.path.join(REPO, "tests", "nbdstep.py")
 TOOLS = ("nbdinfo", "nbdcopy", "qemu-img", "qemu-io", "nbdsh")
 
 
@@ -144,3 +147,46 @@ def waitURI(uri, sock, timeout=20.0):
 def waitNBD(sock, name="xa0", timeout=20.0):
     """Wait until C{name} answers nbdinfo on C{sock}; return its size."""
     return waitURI(nbdURI(sock, name), sock, timeout)
+
+
+class Client:
+    """tests/nbdstep.py: one NBD connection, one command at a time."""
+
+    def __init__(self, case, uri):
+        self.p = subprocess.Popen(
+            ["/usr/bin/python3", STEP, uri], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        case.addCleanup(self.close)
+
+    def send(self, line):
+        self.p.stdin.write((line + "\n").encode())
+        self.p.stdin.flush()
+
+    def reply(self, timeout=60.0):
+        ready, _, _ = select.select([self.p.stdout], [], [], timeout)
+        if not ready:
+            raise AssertionError("NBD client: no reply in %ss" % (timeout,))
+        line = self.p.stdout.readline()
+        if not line:
+            raise AssertionError("NBD client died: %s" % (
+                self.p.stderr.read().decode(errors="replace")[-2000:],))
+        return json.loads(line)
+
+    def do(self, line, timeout=60.0):
+        self.send(line)
+        return self.reply(timeout)
+
+    def ok(self, line, timeout=60.0):
+        out = self.do(line, timeout)
+        if not out["ok"]:
+            raise AssertionError("%s: %s" % (line, out))
+        return out
+
+    def close(self):
+        if self.p.poll() is None:
+            self.p.stdin.close()
+            try:
+                self.p.wait(10)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait(5)

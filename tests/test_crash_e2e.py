@@ -13,20 +13,19 @@ import hashlib
 import json
 import os
 import random
-import select
 import subprocess
 import sys
 import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.daemons import REPO, Daemon, nbdURI, requireTools, waitNBD
+from tests.daemons import (
+    REPO, Client, Daemon, nbdURI, requireTools, waitNBD)
 from tests.test_cli import xdisk
 
 MiB = 1 << 20
 SIZE = 64 * MiB
 SERIAL = "serno/CRASH"
-STEP = os.path.join(REPO, "tests", "nbdstep.py")
 POWERLOSS = os.path.join(REPO, "tests", "powerloss.py")
 
 
@@ -72,49 +71,6 @@ class PowerLossHost(Daemon):
         """SIGKILL: the writes not flushed die with the process."""
         self.kill()
         self.reboot()
-
-
-class Client:
-    """tests/nbdstep.py: one NBD connection, one command at a time."""
-
-    def __init__(self, case, uri):
-        self.p = subprocess.Popen(
-            ["/usr/bin/python3", STEP, uri], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        case.addCleanup(self.close)
-
-    def send(self, line):
-        self.p.stdin.write((line + "\n").encode())
-        self.p.stdin.flush()
-
-    def reply(self, timeout=60.0):
-        ready, _, _ = select.select([self.p.stdout], [], [], timeout)
-        if not ready:
-            raise AssertionError("NBD client: no reply in %ss" % (timeout,))
-        line = self.p.stdout.readline()
-        if not line:
-            raise AssertionError("NBD client died: %s" % (
-                self.p.stderr.read().decode(errors="replace")[-2000:],))
-        return json.loads(line)
-
-    def do(self, line, timeout=60.0):
-        self.send(line)
-        return self.reply(timeout)
-
-    def ok(self, line, timeout=60.0):
-        out = self.do(line, timeout)
-        if not out["ok"]:
-            raise AssertionError("%s: %s" % (line, out))
-        return out
-
-    def close(self):
-        if self.p.poll() is None:
-            self.p.stdin.close()
-            try:
-                self.p.wait(10)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait(5)
 
 
 class Base(SynchronousTestCase):

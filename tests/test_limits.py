@@ -324,35 +324,35 @@ class WatchdogTests(SynchronousTestCase):
         self.assertIn("limit stall=10 exceeded: the peer reads none of "
                       "our messages", self.logs.text())
 
-    def test_partialClosedWithinItsSetting(self):
+    def closedWithinSetting(self, start):
         """
-        An incomplete message that makes no progress is closed after the
-        stall setting, plus at most a tenth of it: not after two periods.
+        C{start(peer)} begins a stall condition in the middle of a check
+        period: the link is open 119 s later and closed by 132 s (the
+        setting, 120 s, plus a tenth and one step), not after two periods.
         """
         peer = RawPeer(accepting(), LinkLimits(stall=120), self.clock)
         peer.handshake()
-        self.clock.advance(37)              # in the middle of a period
-        peer.link.dataReceived(peer.encode(Message(C.LNK_PING))[:10])
+        self.clock.advance(37)
+        start(peer)
         for _ in range(119):
             self.clock.advance(1)
         self.assertFalse(peer.aborted)
         for _ in range(13):
             self.clock.advance(1)
         self.assertTrue(peer.aborted)
+
+    def test_partialClosedWithinItsSetting(self):
+        """An incomplete message that makes no progress."""
+        self.closedWithinSetting(lambda peer: peer.link.dataReceived(
+            peer.encode(Message(C.LNK_PING))[:10]))
         self.assertIn("limit stall=120 exceeded: 10 bytes of an incomplete "
                       "message, no progress", self.logs.text())
 
     def test_nonReaderClosedWithinItsSetting(self):
-        peer = RawPeer(accepting(), LinkLimits(stall=120), self.clock)
-        peer.handshake()
-        self.clock.advance(37)
-        peer.link.pauseProducing()
-        for _ in range(119):
-            self.clock.advance(1)
-        self.assertFalse(peer.aborted)
-        for _ in range(13):
-            self.clock.advance(1)
-        self.assertTrue(peer.aborted)
+        """A peer that reads none of our replies."""
+        self.closedWithinSetting(lambda peer: peer.link.pauseProducing())
+        self.assertIn("limit stall=120 exceeded: the peer reads none of "
+                      "our messages", self.logs.text())
 
     def test_timersStopWithTheLink(self):
         peer = RawPeer(accepting(), LinkLimits(), self.clock)
