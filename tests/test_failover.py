@@ -11,7 +11,7 @@ from twisted.trial.unittest import TestCase
 
 from xdiskd.dmsg.liveness import Liveness
 from xdiskd.errors import NoPathError
-from xdiskd.xa.unit import pathRank
+from xdiskd.xa.paths import pathRank
 from tests.stack import Wire, exporterNode, importerNode, makeImage, run
 
 SIZE = 1 << 20

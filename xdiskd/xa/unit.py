@@ -65,6 +65,7 @@ from xdiskd.errors import (
     UnitGoneError)
 from xdiskd.interfaces import Done, ICallbackBlockDevice
 from xdiskd.labels import show
+from xdiskd.xa.paths import farSlower, isLive, msText, pathRTT, pathRank
 from xdiskd.xa.request import Chunk, Request
 from xdiskd.xa.stats import UnitStats
 from xdiskd.xa.window import DEFAULT_WINDOW, REPLAY, UnflushedWindow
@@ -84,56 +85,6 @@ STALLED = "stalled"
 CLOSING = "closing"
 
 _OPEN_RETRY = 1.0                 # seconds between failed re-open attempts
-
-
-#: A path is "far slower" when its PING round trip exceeds both this
-#: many times the best path's and the best path's plus L{SLOW_MARGIN}.
-SLOW_FACTOR = 8.0
-SLOW_MARGIN = 0.025
-
-
-def _live(span: Transaction) -> bool:
-    """A span we may stack on: open both ways, link up."""
-    return span.isOpen and bool(span.link.connected)
-
-
-def _rtt(span: Transaction) -> Optional[float]:
-    live = getattr(span.link, "liveness", None)
-    return None if live is None else live.rtt
-
-
-def _ms(rtt: Optional[float]) -> str:
-    return "?" if rtt is None else "%.1f" % (rtt * 1000,)
-
-
-def _slower(span: Transaction, best: Any) -> bool:
-    """C{span}'s PING round trip is far longer than C{best}'s (or than
-    the round trip C{best}, a number)."""
-    r = _rtt(span)
-    b = best if isinstance(best, float) else _rtt(best)
-    return (r is not None and b is not None and r > b * SLOW_FACTOR
-            and r > b + SLOW_MARGIN)
-
-
-def pathRank(spans: List[Transaction], now: float) -> List[Transaction]:
-    """
-    The live spans of C{spans}, best first: those on a link neither in
-    hold-down (C{link.heldUntil} in the future) nor far slower than the
-    fastest live path (PING round trips, L{SLOW_FACTOR}), then the
-    others; arrival order within each.
-    """
-    live = [s for s in spans if _live(s)]
-    if len(live) < 2:
-        return live
-    rtts = [r for r in (_rtt(s) for s in live) if r is not None]
-    best = min(rtts) if rtts else None
-
-    def demoted(span: Transaction) -> bool:
-        if getattr(span.link, "heldUntil", 0.0) > now:
-            return True
-        return best is not None and _slower(span, best)
-    good = [s for s in live if not demoted(s)]
-    return good + [s for s in live if demoted(s)]
 
 
 @implementer(ICallbackBlockDevice)
@@ -216,7 +167,7 @@ class XAUnit:
     @property
     def paths(self) -> List[str]:
         """The links this unit's live spans arrive on."""
-        return [s.link.name for s in self.spans if _live(s)]
+        return [s.link.name for s in self.spans if isLive(s)]
 
     @property
     def idle(self) -> bool:
@@ -677,15 +628,15 @@ class XAUnit:
         current = txn.parent
         if not ranked or ranked[0] is current or current not in ranked:
             return False
-        if not _slower(current, ranked[0]):
+        if not farSlower(current, ranked[0]):
             return False
         self._moving = True
         self.stats.moves += 1
         self.log.info("{unit}: path via {old} is far slower (PING {a} ms) "
                       "than via {new} ({b} ms); moving the open",
                       unit=self.name, old=txn.link.name,
-                      new=ranked[0].link.name, a=_ms(_rtt(current)),
-                      b=_ms(_rtt(ranked[0])))
+                      new=ranked[0].link.name, a=msText(pathRTT(current)),
+                      b=msText(pathRTT(ranked[0])))
         self._moveWhenIdle()
         return True
 
