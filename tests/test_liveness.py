@@ -190,6 +190,25 @@ class KeepaliveTests(SynchronousTestCase):
         self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP,
                                          socket.TCP_USER_TIMEOUT), 9000)
 
+    def test_throughAWrappingTransport(self):
+        """dfly:'s encrypting transport names the TCP one underneath."""
+        server = socket.socket()
+        self.addCleanup(server.close)
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        sock = socket.create_connection(server.getsockname())
+        self.addCleanup(sock.close)
+
+        class Lower:
+            def getHandle(self):
+                return sock
+
+        class Encrypting:
+            lowerTransport = Lower()
+        self.assertTrue(tuneKeepalive(Encrypting(), 5.0))
+        self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP,
+                                         socket.TCP_USER_TIMEOUT), 7500)
+
     def test_unixSocketUntouched(self):
         a, b = socket.socketpair()
         self.addCleanup(a.close)

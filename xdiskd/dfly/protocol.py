@@ -111,6 +111,13 @@ class EncryptedTransport:
     def abortConnection(self) -> None:
         self._lower.abortConnection()
 
+    @property
+    def lowerTransport(self) -> Any:
+        """The TCP transport underneath (for socket options only, such as
+        the link's keepalive: never write to it, that bypasses the
+        cipher)."""
+        return self._lower
+
     def getPeer(self) -> Any:
         return self._lower.getPeer()
 

@@ -203,7 +203,10 @@ def tuneKeepalive(transport: Any, timeout: float) -> bool:
     @return: whether the options were set.
     """
     sock = None
-    for t in (transport, getattr(transport, "transport", None)):
+    # A TLS transport has its TCP one as .transport, dfly:'s encrypting
+    # transport as .lowerTransport.
+    for t in (transport, getattr(transport, "transport", None),
+              getattr(transport, "lowerTransport", None)):
         getHandle = getattr(t, "getHandle", None)
         if getHandle is None:
             continue
