@@ -165,20 +165,31 @@ class LivenessTests(SynchronousTestCase):
         self.assertFalse(isPingAnswer(C.LNK_PING))
 
 
+class Handle:
+    """A transport as tuneKeepalive sees it: getHandle() and no more."""
+
+    def __init__(self, sock):
+        self.sock = sock
+
+    def getHandle(self):
+        return self.sock
+
+
 class KeepaliveTests(SynchronousTestCase):
-    def test_tcpSocket(self):
-        """TCP sockets get keepalive and a user timeout matching T."""
+    def tcpSocket(self):
+        """A connected TCP socket on loopback, closed at cleanup."""
         server = socket.socket()
         self.addCleanup(server.close)
         server.bind(("127.0.0.1", 0))
         server.listen(1)
         sock = socket.create_connection(server.getsockname())
         self.addCleanup(sock.close)
+        return sock
 
-        class Transport:
-            def getHandle(self):
-                return sock
-        self.assertTrue(tuneKeepalive(Transport(), 6.0))
+    def test_tcpSocket(self):
+        """TCP sockets get keepalive and a user timeout matching T."""
+        sock = self.tcpSocket()
+        self.assertTrue(tuneKeepalive(Handle(sock), 6.0))
         self.assertEqual(sock.getsockopt(socket.SOL_SOCKET,
                                          socket.SO_KEEPALIVE), 1)
         self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP,
@@ -192,19 +203,10 @@ class KeepaliveTests(SynchronousTestCase):
 
     def test_throughAWrappingTransport(self):
         """dfly:'s encrypting transport names the TCP one underneath."""
-        server = socket.socket()
-        self.addCleanup(server.close)
-        server.bind(("127.0.0.1", 0))
-        server.listen(1)
-        sock = socket.create_connection(server.getsockname())
-        self.addCleanup(sock.close)
-
-        class Lower:
-            def getHandle(self):
-                return sock
+        sock = self.tcpSocket()
 
         class Encrypting:
-            lowerTransport = Lower()
+            lowerTransport = Handle(sock)
         self.assertTrue(tuneKeepalive(Encrypting(), 5.0))
         self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP,
                                          socket.TCP_USER_TIMEOUT), 7500)
@@ -213,10 +215,6 @@ class KeepaliveTests(SynchronousTestCase):
         a, b = socket.socketpair()
         self.addCleanup(a.close)
         self.addCleanup(b.close)
-
-        class Transport:
-            def getHandle(self):
-                return a
-        self.assertFalse(tuneKeepalive(Transport(), 5.0))
+        self.assertFalse(tuneKeepalive(Handle(a), 5.0))
         self.assertEqual(a.getsockopt(socket.SOL_SOCKET,
                                       socket.SO_KEEPALIVE), 0)
