@@ -278,6 +278,60 @@ class UnitCreationTests(Base):
                          ["xa3", "xa7", "xa300"])
 
 
+class ImporterUnitLimitTests(Base):
+    """
+    --max-units: the units of all links together are bounded; a link's
+    own C{units} limit does not bound a peer that reconnects, or many.
+    """
+
+    def setUp(self):
+        Base.setUp(self)
+        self.importer.maxUnits = 3
+
+    def test_peerThatReconnectsIsBounded(self):
+        """
+        A peer that makes units, drops the link and comes back with new
+        serials gets no further than the limit while the old units are
+        in use; refusals are counted and logged; the link stays up.
+        """
+        first = self.connect()
+        for i in range(3):
+            self.span(b"serno/old%d" % (i,), first)
+        for unit in self.importer.devices():
+            unit.opencnt = 1          # in use: never reclaimed
+        first.link.transport.loseConnection()
+        again = self.connect()
+        self.span(b"serno/new0", again)
+        self.assertEqual(len(self.importer.units), 3)
+        self.assertIsNone(self.importer.lookup("serno/new0"))
+        self.assertEqual(self.importer.refused["max-units"], 1)
+        self.assertTrue(any("--max-units 3" in t for t, _ in self.logged()))
+        self.assertTrue(again.link.connected)
+
+    def test_lingeringUnitsReclaimedAtLimit(self):
+        """
+        At the limit, the unit that has lingered longest (no paths, no
+        opens) is torn down early to make room; one with a path is kept.
+        """
+        a = self.connect()
+        ids = [self.span(b"serno/%d" % (i,), a) for i in range(3)]
+        self.withdraw(ids[1], a)
+        self.clock.advance(1)
+        self.withdraw(ids[0], a)
+        self.span(b"serno/new", a)
+        self.assertEqual(sorted(u.serial for u in self.importer.devices()),
+                         [b"serno/0", b"serno/2", b"serno/new"])
+        self.span(b"serno/new2", a)
+        self.assertEqual(sorted(u.serial for u in self.importer.devices()),
+                         [b"serno/2", b"serno/new", b"serno/new2"])
+        self.span(b"serno/new3", a)
+        self.assertEqual(len(self.importer.units), 3)
+        self.assertEqual(self.importer.refused["max-units"], 1)
+        # The reclaimed units' timers were cancelled: nothing fires later.
+        self.clock.advance(60)
+        self.assertEqual(len(self.importer.units), 3)
+
+
 class RealClientTests(SynchronousTestCase):
     """
     The attack run's first two findings against a real importer daemon:

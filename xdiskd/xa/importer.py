@@ -36,6 +36,10 @@ from xdiskd.xa.unit import DEFAULT_MAX_IO, MAXTAGS, XAUnit
 from xdiskd.xa.window import DEFAULT_WINDOW, MODES, REPLAY
 
 DEFAULT_LINGER = 60.0
+#: Units one importer holds at most, whatever link made them (the
+#: C{units} link limit caps each link; a peer that reconnects, or many
+#: peers, would otherwise add up without bound).
+DEFAULT_MAX_UNITS = 1024
 #: Smallest maximum I/O a path may state (with the sector size, if larger).
 MIN_PATH_IO = 64 * 1024
 #: Sector sizes a span may state (0: not stated, DEV_BSIZE).
@@ -62,15 +66,19 @@ class Importer:
                  maxIO: int = DEFAULT_MAX_IO, maxTags: int = MAXTAGS,
                  readOnly: Any = (), stallTimeout: float = 0.0,
                  pathCheck: float = 0.0, window: int = DEFAULT_WINDOW,
-                 unflushed: str = REPLAY) -> None:
+                 unflushed: str = REPLAY,
+                 maxUnits: int = DEFAULT_MAX_UNITS) -> None:
         if not 512 <= maxIO <= C.AUX_MAX:
             raise ValueError("max I/O size %d not in 512..%d" % (
                 maxIO, C.AUX_MAX))
         if unflushed not in MODES or window < 0:
             raise ValueError("bad unflushed window %r %r" % (
                 window, unflushed))
+        if maxUnits < 1:
+            raise ValueError("max units %d < 1" % (maxUnits,))
         self.window = window
         self.unflushed = unflushed
+        self.maxUnits = maxUnits
         self.reactor = reactor
         self.linger = linger
         self.maxIO = maxIO
@@ -86,7 +94,7 @@ class Importer:
         self.units: Dict[bytes, XAUnit] = {}
         self._byName: Dict[str, XAUnit] = {}
         self.refused: Dict[str, int] = {"geometry": 0, "mismatch": 0,
-                                        "units": 0}
+                                        "units": 0, "max-units": 0}
         self._lingers: Dict[XAUnit, Any] = {}
         self._spanUnits: Dict[Transaction, XAUnit] = {}
         self._watchers: List[Any] = []
@@ -146,6 +154,13 @@ class Importer:
                              "link made {n} units already (limit units="
                              "{cap})", link=link.name, serial=show(key),
                              n=made, cap=cap)
+                return
+            if len(self.units) >= self.maxUnits and not self._reclaim():
+                self._refuse("max-units", "{link}: span {serial} refused: "
+                             "the importer holds {n} units, all in use "
+                             "(--max-units {cap})", link=link.name,
+                             serial=show(key), n=len(self.units),
+                             cap=self.maxUnits)
                 return
             unit = self._create(key, ext, link)
         elif ext.media_bytes != unit.size or sector != unit.sectorSize:
@@ -236,6 +251,20 @@ class Importer:
             return
         self._lingers[unit] = self.reactor.callLater(
             self.linger, self._expire, unit)
+
+    def _reclaim(self) -> bool:
+        """
+        At the unit limit: tear down the unit that has lingered longest
+        (no paths, no opens: its teardown was only waiting for its
+        timer).  Units with a path or an open are never taken.
+        """
+        for unit, call in list(self._lingers.items()):
+            if call.active():
+                call.cancel()
+            self._expire(unit)
+            if unit.gone:
+                return True
+        return False
 
     def _expire(self, unit: XAUnit) -> None:
         self._lingers.pop(unit, None)
