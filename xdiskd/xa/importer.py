@@ -29,6 +29,7 @@ from zope.interface import implementer
 
 from xdiskd.dmsg import constants as C
 from xdiskd.dmsg.link import DMSGLink, Transaction
+from xdiskd.dmsg.spanflags import READ_ONLY, flagsOf
 from xdiskd.dmsg.wire import LnkSpan
 from xdiskd.interfaces import IBlockDeviceRegistry
 from xdiskd.labels import parse, show, unitKey
@@ -183,6 +184,12 @@ class Importer:
         # once cut the unit's I/O to 512 bytes (45x slower writes).
         maxIO = max(ext.media_maxio or C.DRAGONFLY_MAX_IO,
                     max(unit.sectorSize, MIN_PATH_IO))
+        if not unit.opencnt:
+            # Before the first open, the newest path's exporter says
+            # whether writes will be refused (NBD_OPT_INFO reports it);
+            # the open's answer decides from then on.
+            unit.readOnly = unit.configuredReadOnly or bool(
+                flagsOf(ext) & READ_ONLY)
         unit.spanAdded(txn, maxIO, ext.media_incarnation)
 
     def _refuse(self, reason: str, fmt: str, **kw: Any) -> None:
