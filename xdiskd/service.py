@@ -19,6 +19,7 @@ from twisted.python import usage
 from xdiskd.connectors import Connectors
 from xdiskd.control.services import addOperationServices
 from xdiskd.dmsg.link import DMSGFactory
+from xdiskd.holddown import HoldingFactory
 from xdiskd.endpoints import (
     AnnouncingEndpoint, checkServerEndpoint, clientEndpoint, listenerNotice,
     serverEndpoint, unixListenPath, withConnectTimeout)
@@ -179,11 +180,12 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
         ep = _serverEndpoint("--listen", given, lambda: serverEndpoint(
             reactor, desc, tls, options["dfly"]))
         svc = StreamServerEndpointService(
-            AnnouncingEndpoint(ep, _notice("DMSG", desc, tls)), DMSGFactory(
+            AnnouncingEndpoint(ep, _notice("DMSG", desc, tls)),
+            HoldingFactory(DMSGFactory(
                 node, "in", limits=limits, clock=reactor,
                 linkTimeout=linkTimeout,
                 peerCheck=tls.peerPolicy() if desc.startswith("tls:")
-                else None))
+                else None), 2 * linkTimeout, reactor))
         svc._raiseSynchronously = True
         top.addListener(svc, Listener("--listen", given,
                                       *unixListenPath(desc)))
