@@ -201,6 +201,70 @@ class SpanCheckTests(Base):
         self.assertIn('xdiskd_import_spans_refused_total{reason="mismatch"}'
                       ' 2', rendered.render())
 
+    def test_resizedExportReplacesIdleUnit(self):
+        """
+        A unit with no path and no open gives way to a span of its
+        serial with another size (an export resized and re-added): the
+        new geometry is the unit's at once, nothing is refused.
+        """
+        first = self.span(b"serno/A")
+        old = self.importer.lookup("serno/A")
+        self.withdraw(first)
+        self.span(b"serno/A", size=2 * SIZE, blksize=4096)
+        unit = self.importer.lookup("serno/A")
+        self.assertIsNot(unit, old)
+        self.assertTrue(old.gone)
+        self.assertEqual((unit.size, unit.sectorSize), (2 * SIZE, 4096))
+        self.assertEqual(len(unit.spans), 1)
+        self.assertEqual(self.importer.refused["mismatch"], 0)
+        self.assertTrue(any("torn down (its serial now comes with" in t
+                            for t, _ in self.logged()))
+        # The old unit's linger timer is gone with it.
+        self.clock.advance(60)
+        self.assertIs(self.importer.lookup("serno/A"), unit)
+
+    def test_refusedSpanTakenWhenUnitGoes(self):
+        """
+        A span refused as unlike its serial's unit is looked at again
+        when that unit is torn down: it becomes the unit then, without
+        the peer having to send it again.
+        """
+        first = self.span(b"serno/A")
+        other = self.connect()
+        self.span(b"serno/A", other, size=2 * SIZE)
+        self.assertEqual(self.importer.refused["mismatch"], 1)
+        self.withdraw(first)
+        self.assertEqual(self.importer.lookup("serno/A").size, SIZE)
+        self.clock.advance(6)       # linger=5
+        unit = self.importer.lookup("serno/A")
+        self.assertEqual(unit.size, 2 * SIZE)
+        self.assertEqual([s.link for s in unit.spans], [other.link])
+
+    def test_refusedSpanWithdrawnForgotten(self):
+        """A refused span withdrawn before the unit goes is not used."""
+        first = self.span(b"serno/A")
+        other = self.connect()
+        mismatched = self.span(b"serno/A", other, size=2 * SIZE)
+        self.withdraw(mismatched, other)
+        self.withdraw(first)
+        self.clock.advance(6)
+        self.assertIsNone(self.importer.lookup("serno/A"))
+        self.assertEqual(self.importer._mismatched, {})
+
+    def test_openUnitKeepsGeometry(self):
+        """
+        A unit a client has open keeps its geometry while it has no
+        path: a span with another size is refused, not taken.
+        """
+        first = self.span(b"serno/A")
+        unit = self.importer.lookup("serno/A")
+        unit.opencnt = 1
+        self.withdraw(first)
+        self.span(b"serno/A", size=2 * SIZE)
+        self.assertIs(self.importer.lookup("serno/A"), unit)
+        self.assertEqual(unit.size, SIZE)
+        self.assertEqual(self.importer.refused["mismatch"], 1)
+
     def test_badSectorSizeRefused(self):
         """
         A span whose sector size NBD cannot advertise (not a power of

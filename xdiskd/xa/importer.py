@@ -104,6 +104,10 @@ class Importer:
         self._freeNumbers: List[int] = []
         # Link → units created by its spans and not yet torn down.
         self._created: Dict[DMSGLink, int] = {}
+        # Spans refused as another disk than their serial's unit, still
+        # open: one may become the unit once the old one is torn down.
+        # (Bounded by the peers' transactions link limits.)
+        self._mismatched: Dict[Transaction, LnkSpan] = {}
 
     # ---------------------------------------------------------------
     # IBlockDeviceRegistry
@@ -165,7 +169,17 @@ class Importer:
                 return
             unit = self._create(key, ext, link)
         elif ext.media_bytes != unit.size or sector != unit.sectorSize:
-            # Not the same disk, whatever its serial says.
+            if unit.idle:
+                # Nothing uses the old disk and it has no path left: this
+                # is the disk now (an export resized and re-added, say).
+                self._teardown(unit, "its serial now comes with {size} "
+                               "bytes, sector {sector}".format(
+                                   size=ext.media_bytes, sector=sector))
+                self.spanAdded(txn, ext)
+                return
+            # Not the same disk, whatever its serial says.  It is looked
+            # at again when the unit is torn down.
+            self._mismatched[txn] = ext
             self._refuse("mismatch", "{unit}: span via {link} refused: it "
                          "says {size} bytes, sector {sector}; the unit has "
                          "{have}, sector {haveSector}", unit=unit.name,
@@ -201,6 +215,7 @@ class Importer:
 
     def spanDeleted(self, txn: Transaction) -> None:
         """The span was withdrawn or its link lost."""
+        self._mismatched.pop(txn, None)
         unit = self._spanUnits.pop(txn, None)
         if unit is not None:
             unit.spanRemoved(txn)
@@ -277,6 +292,14 @@ class Importer:
         self._lingers.pop(unit, None)
         if not unit.idle or unit.gone:
             return
+        self._teardown(unit, "no paths, no opens for {s}s".format(
+            s=self.linger))
+
+    def _teardown(self, unit: XAUnit, why: str) -> None:
+        """Forget an idle unit; spans refused as unlike it get a look."""
+        call = self._lingers.pop(unit, None)
+        if call is not None and call.active():
+            call.cancel()
         self.units.pop(unit.serial, None)
         self._byName.pop(unit.name, None)
         heapq.heappush(self._freeNumbers, unit.number)
@@ -284,10 +307,15 @@ class Importer:
         if link in self._created:
             self._created[link] -= 1
         unit.destroy()
-        self.log.info("{unit}: torn down (no paths, no opens for {s}s)",
-                      unit=unit.name, s=self.linger)
+        self.log.info("{unit}: torn down ({why})", unit=unit.name, why=why)
         for w in self._watchers:
             w("remove", unit)
+        waiting = [(txn, ext) for txn, ext in self._mismatched.items()
+                   if unitKey(ext.pfs_label) == unit.serial]
+        for txn, ext in waiting:
+            del self._mismatched[txn]
+            if not txn.closed and txn.link.connected:
+                self.spanAdded(txn, ext)
 
     def stop(self) -> None:
         if self._pathCall is not None and self._pathCall.active():
