@@ -46,6 +46,13 @@ if not useGMP():
     usePython()
 
 
+def releaseGIL() -> None:
+    """Let GMP release the GIL in the calling thread (gmpy2 contexts
+    are per thread); nothing with Python's pow."""
+    if gmpy2 is not None and BACKEND == "gmpy2":
+        gmpy2.get_context().allow_release_gil = True
+
+
 def powmod(base: int, exponent: int, modulus: int) -> int:
     """C{base ** exponent % modulus} for a non-negative C{exponent}."""
     return int(_powmod(base, exponent, modulus))
