@@ -97,6 +97,29 @@ class Ctl:
         return None
 
 
+def exporterHeads(case, names, serial="serno/TWO", size=64 * MiB):
+    """
+    One exporter daemon per name, all exporting C{serial} from one image
+    file (paths to one disk), each listening on its own UNIX socket
+    (C{daemon.sock}, C{daemon.endpoint}); return ({name: daemon}, image).
+    """
+    exps = {}
+    img = None
+    for name in names:
+        d = Daemon(case, "exp-" + name, [])
+        if img is None:
+            img = os.path.join(d.dir, "disk.img")
+            with open(img, "wb") as f:
+                f.truncate(size)
+        d.sock = os.path.join(d.dir, "dmsg.sock")
+        d.args += ["--no-import", "--listen", "unix:" + d.sock,
+                   "--export", "%s=%s" % (serial, img)]
+        d.start()
+        d.endpoint = "unix:" + d.sock
+        exps[name] = d
+    return exps, img
+
+
 class TwoPathTests(SynchronousTestCase):
     """
     Exporters A and B both export serial serno/TWO (one image file: two
@@ -105,21 +128,7 @@ class TwoPathTests(SynchronousTestCase):
 
     def setUp(self):
         requireTools()
-        self.exps = {}
-        img = None
-        for name in ("a", "b"):
-            d = Daemon(self, "exp-" + name, [])
-            if img is None:
-                img = os.path.join(d.dir, "disk.img")
-                with open(img, "wb") as f:
-                    f.truncate(64 * MiB)
-            sock = os.path.join(d.dir, "dmsg.sock")
-            d.args += ["--no-import", "--listen", "unix:" + sock,
-                       "--export", "serno/TWO=" + img]
-            d.start()
-            d.endpoint = "unix:" + sock
-            self.exps[name] = d
-        self.img = img
+        self.exps, self.img = exporterHeads(self, ("a", "b"))
         for d in self.exps.values():
             d.waitLog("DMSG listening")
         self.imp = Daemon(self, "importer", [])

@@ -12,29 +12,15 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.daemons import Daemon, nbdURI, requireTools, waitNBD
 from tests.delayproxy import DelayProxy
-from tests.test_ops_e2e import IO_LOOP, Ctl, waitFor
+from tests.test_ops_e2e import IO_LOOP, Ctl, exporterHeads, waitFor
 
-MiB = 1 << 20
 DELAY = 0.1     # each way: a 200 ms round trip against well under 1 ms
 
 
 class SlowPathMoveTests(SynchronousTestCase):
     def setUp(self):
         requireTools()
-        self.exps = {}
-        img = None
-        for name in ("fast", "slow"):
-            d = Daemon(self, "exp-" + name, [])
-            if img is None:
-                img = os.path.join(d.dir, "disk.img")
-                with open(img, "wb") as f:
-                    f.truncate(64 * MiB)
-            sock = os.path.join(d.dir, "dmsg.sock")
-            d.args += ["--no-import", "--listen", "unix:" + sock,
-                       "--export", "serno/TWO=" + img]
-            d.start()
-            d.sock = sock
-            self.exps[name] = d
+        self.exps, _ = exporterHeads(self, ("fast", "slow"))
         for d in self.exps.values():
             d.waitLog("DMSG listening")
         slow = self.exps["slow"]
