@@ -97,6 +97,26 @@ class Ctl:
         return None
 
 
+def startIOLoop(case, uri, where, timeout=30.0):
+    """
+    Start L{IO_LOOP} against C{uri} and wait until its first round was
+    verified; return (the process, the file whose creation stops it).
+    """
+    started = os.path.join(where, "started")
+    stop = os.path.join(where, "stop")
+    io = subprocess.Popen(
+        ["/usr/bin/python3", "-m", "nbd", "-c",
+         "import sys; sys.argv = ['nbdsh', %r, %r, %r]" % (
+             uri, started, stop), "-c", IO_LOOP],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    case.addCleanup(lambda: io.poll() is None and io.kill())
+    waitFor("I/O started", lambda: os.path.exists(started)
+            or io.poll() is not None, timeout=timeout)
+    if io.poll() is not None:
+        case.fail("I/O client failed: %r" % (io.communicate(),))
+    return io, stop
+
+
 def exporterHeads(case, names, serial="serno/TWO", size=64 * MiB):
     """
     One exporter daemon per name, all exporting C{serial} from one image
@@ -185,18 +205,7 @@ class TwoPathTests(SynchronousTestCase):
         the numbers stop), attach one back (they move again); the client
         sees no error and every byte reads back.
         """
-        started = os.path.join(self.imp.dir, "started")
-        stop = os.path.join(self.imp.dir, "stop")
-        io = subprocess.Popen(
-            ["/usr/bin/python3", "-m", "nbd", "-c",
-             "import sys; sys.argv = ['nbdsh', %r, %r, %r]" % (
-                 self.uri, started, stop), "-c", IO_LOOP],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.addCleanup(lambda: io.poll() is None and io.kill())
-        waitFor("I/O started", lambda: os.path.exists(started)
-                or io.poll() is not None)
-        if io.poll() is not None:
-            self.fail("I/O client failed: %r" % (io.communicate(),))
+        io, stop = startIOLoop(self, self.uri, self.imp.dir)
 
         def writes():
             return self.ctl.stats("serno/TWO")["stats"]["ops"]["write"]

@@ -6,13 +6,12 @@ The slow path is a real socket pair through L{tests.delayproxy}.
 """
 
 import os
-import subprocess
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.daemons import Daemon, nbdURI, requireTools, waitNBD
 from tests.delayproxy import DelayProxy
-from tests.test_ops_e2e import IO_LOOP, Ctl, exporterHeads, waitFor
+from tests.test_ops_e2e import Ctl, exporterHeads, startIOLoop, waitFor
 
 DELAY = 0.1     # each way: a 200 ms round trip against well under 1 ms
 
@@ -43,18 +42,7 @@ class SlowPathMoveTests(SynchronousTestCase):
         no error, every round reads back what it wrote, and the unit
         counts one move and no failover.
         """
-        started = os.path.join(self.imp.dir, "started")
-        stop = os.path.join(self.imp.dir, "stop")
-        io = subprocess.Popen(
-            ["/usr/bin/python3", "-m", "nbd", "-c",
-             "import sys; sys.argv = ['nbdsh', %r, %r, %r]" % (
-                 self.uri, started, stop), "-c", IO_LOOP],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.addCleanup(lambda: io.poll() is None and io.kill())
-        waitFor("I/O started", lambda: os.path.exists(started)
-                or io.poll() is not None, timeout=30)
-        if io.poll() is not None:
-            self.fail("I/O client failed: %r" % (io.communicate(),))
+        io, stop = startIOLoop(self, self.uri, self.imp.dir)
         slow = "unix:" + self.proxySock
         fast = "unix:" + self.exps["fast"].sock
 
