@@ -323,8 +323,22 @@ class TwoProcessTests(SynchronousTestCase):
         self.exp.kill()
         self.exp.args[-1] = "serno/TWO=" + self.img + ",ro"
         self.exp.start()
-        time.sleep(1.0)
-        waitNBD(self.sock)
+        # The path is back (the first was added in setUp); nobody has
+        # opened the unit since: ask with NBD_OPT_INFO first.
+        deadline = time.monotonic() + 20
+        while self.imp.logText().count("xa0: path added via") < 2:
+            self.assertLess(time.monotonic(), deadline, self.imp.logText())
+            time.sleep(0.05)
+        p = run(["/usr/bin/python3", "-c", "\n".join([
+            "import nbd, sys",
+            "h = nbd.NBD()",
+            "h.set_opt_mode(True)",
+            "h.connect_uri(sys.argv[1])",
+            "h.set_export_name('xa0')",
+            "h.opt_info()",
+            "print('ro', h.is_read_only(), 'trim', h.can_trim())",
+            "h.opt_abort()"]), self.uri])
+        self.assertEqual(p.stdout.split(), [b"ro", b"True", b"trim", b"False"])
         info = json.loads(run(["nbdinfo", "--json", self.uri]).stdout)
         [export] = info["exports"]
         self.assertIs(export["is_read_only"], True)

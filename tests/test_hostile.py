@@ -201,6 +201,70 @@ class SpanCheckTests(Base):
         self.assertIn('xdiskd_import_spans_refused_total{reason="mismatch"}'
                       ' 2', rendered.render())
 
+    def test_resizedExportReplacesIdleUnit(self):
+        """
+        A unit with no path and no open gives way to a span of its
+        serial with another size (an export resized and re-added): the
+        new geometry is the unit's at once, nothing is refused.
+        """
+        first = self.span(b"serno/A")
+        old = self.importer.lookup("serno/A")
+        self.withdraw(first)
+        self.span(b"serno/A", size=2 * SIZE, blksize=4096)
+        unit = self.importer.lookup("serno/A")
+        self.assertIsNot(unit, old)
+        self.assertTrue(old.gone)
+        self.assertEqual((unit.size, unit.sectorSize), (2 * SIZE, 4096))
+        self.assertEqual(len(unit.spans), 1)
+        self.assertEqual(self.importer.refused["mismatch"], 0)
+        self.assertTrue(any("torn down (its serial now comes with" in t
+                            for t, _ in self.logged()))
+        # The old unit's linger timer is gone with it.
+        self.clock.advance(60)
+        self.assertIs(self.importer.lookup("serno/A"), unit)
+
+    def test_refusedSpanTakenWhenUnitGoes(self):
+        """
+        A span refused as unlike its serial's unit is looked at again
+        when that unit is torn down: it becomes the unit then, without
+        the peer having to send it again.
+        """
+        first = self.span(b"serno/A")
+        other = self.connect()
+        self.span(b"serno/A", other, size=2 * SIZE)
+        self.assertEqual(self.importer.refused["mismatch"], 1)
+        self.withdraw(first)
+        self.assertEqual(self.importer.lookup("serno/A").size, SIZE)
+        self.clock.advance(6)       # linger=5
+        unit = self.importer.lookup("serno/A")
+        self.assertEqual(unit.size, 2 * SIZE)
+        self.assertEqual([s.link for s in unit.spans], [other.link])
+
+    def test_refusedSpanWithdrawnForgotten(self):
+        """A refused span withdrawn before the unit goes is not used."""
+        first = self.span(b"serno/A")
+        other = self.connect()
+        mismatched = self.span(b"serno/A", other, size=2 * SIZE)
+        self.withdraw(mismatched, other)
+        self.withdraw(first)
+        self.clock.advance(6)
+        self.assertIsNone(self.importer.lookup("serno/A"))
+        self.assertEqual(self.importer._mismatched, {})
+
+    def test_openUnitKeepsGeometry(self):
+        """
+        A unit a client has open keeps its geometry while it has no
+        path: a span with another size is refused, not taken.
+        """
+        first = self.span(b"serno/A")
+        unit = self.importer.lookup("serno/A")
+        unit.opencnt = 1
+        self.withdraw(first)
+        self.span(b"serno/A", size=2 * SIZE)
+        self.assertIs(self.importer.lookup("serno/A"), unit)
+        self.assertEqual(unit.size, SIZE)
+        self.assertEqual(self.importer.refused["mismatch"], 1)
+
     def test_badSectorSizeRefused(self):
         """
         A span whose sector size NBD cannot advertise (not a power of
@@ -276,6 +340,60 @@ class UnitCreationTests(Base):
         self.assertEqual([self.importer.lookup(b).name for b in
                           ("serno/new1", "serno/new2", "serno/new3")],
                          ["xa3", "xa7", "xa300"])
+
+
+class ImporterUnitLimitTests(Base):
+    """
+    --max-units: the units of all links together are bounded; a link's
+    own C{units} limit does not bound a peer that reconnects, or many.
+    """
+
+    def setUp(self):
+        Base.setUp(self)
+        self.importer.maxUnits = 3
+
+    def test_peerThatReconnectsIsBounded(self):
+        """
+        A peer that makes units, drops the link and comes back with new
+        serials gets no further than the limit while the old units are
+        in use; refusals are counted and logged; the link stays up.
+        """
+        first = self.connect()
+        for i in range(3):
+            self.span(b"serno/old%d" % (i,), first)
+        for unit in self.importer.devices():
+            unit.opencnt = 1          # in use: never reclaimed
+        first.link.transport.loseConnection()
+        again = self.connect()
+        self.span(b"serno/new0", again)
+        self.assertEqual(len(self.importer.units), 3)
+        self.assertIsNone(self.importer.lookup("serno/new0"))
+        self.assertEqual(self.importer.refused["max-units"], 1)
+        self.assertTrue(any("--max-units 3" in t for t, _ in self.logged()))
+        self.assertTrue(again.link.connected)
+
+    def test_lingeringUnitsReclaimedAtLimit(self):
+        """
+        At the limit, the unit that has lingered longest (no paths, no
+        opens) is torn down early to make room; one with a path is kept.
+        """
+        a = self.connect()
+        ids = [self.span(b"serno/%d" % (i,), a) for i in range(3)]
+        self.withdraw(ids[1], a)
+        self.clock.advance(1)
+        self.withdraw(ids[0], a)
+        self.span(b"serno/new", a)
+        self.assertEqual(sorted(u.serial for u in self.importer.devices()),
+                         [b"serno/0", b"serno/2", b"serno/new"])
+        self.span(b"serno/new2", a)
+        self.assertEqual(sorted(u.serial for u in self.importer.devices()),
+                         [b"serno/2", b"serno/new", b"serno/new2"])
+        self.span(b"serno/new3", a)
+        self.assertEqual(len(self.importer.units), 3)
+        self.assertEqual(self.importer.refused["max-units"], 1)
+        # The reclaimed units' timers were cancelled: nothing fires later.
+        self.clock.advance(60)
+        self.assertEqual(len(self.importer.units), 3)
 
 
 class RealClientTests(SynchronousTestCase):

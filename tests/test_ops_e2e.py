@@ -97,6 +97,49 @@ class Ctl:
         return None
 
 
+def startIOLoop(case, uri, where, timeout=30.0):
+    """
+    Start L{IO_LOOP} against C{uri} and wait until its first round was
+    verified; return (the process, the file whose creation stops it).
+    """
+    started = os.path.join(where, "started")
+    stop = os.path.join(where, "stop")
+    io = subprocess.Popen(
+        ["/usr/bin/python3", "-m", "nbd", "-c",
+         "import sys; sys.argv = ['nbdsh', %r, %r, %r]" % (
+             uri, started, stop), "-c", IO_LOOP],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    case.addCleanup(lambda: io.poll() is None and io.kill())
+    waitFor("I/O started", lambda: os.path.exists(started)
+            or io.poll() is not None, timeout=timeout)
+    if io.poll() is not None:
+        case.fail("I/O client failed: %r" % (io.communicate(),))
+    return io, stop
+
+
+def exporterHeads(case, names, serial="serno/TWO", size=64 * MiB):
+    """
+    One exporter daemon per name, all exporting C{serial} from one image
+    file (paths to one disk), each listening on its own UNIX socket
+    (C{daemon.sock}, C{daemon.endpoint}); return ({name: daemon}, image).
+    """
+    exps = {}
+    img = None
+    for name in names:
+        d = Daemon(case, "exp-" + name, [])
+        if img is None:
+            img = os.path.join(d.dir, "disk.img")
+            with open(img, "wb") as f:
+                f.truncate(size)
+        d.sock = os.path.join(d.dir, "dmsg.sock")
+        d.args += ["--no-import", "--listen", "unix:" + d.sock,
+                   "--export", "%s=%s" % (serial, img)]
+        d.start()
+        d.endpoint = "unix:" + d.sock
+        exps[name] = d
+    return exps, img
+
+
 class TwoPathTests(SynchronousTestCase):
     """
     Exporters A and B both export serial serno/TWO (one image file: two
@@ -105,21 +148,7 @@ class TwoPathTests(SynchronousTestCase):
 
     def setUp(self):
         requireTools()
-        self.exps = {}
-        img = None
-        for name in ("a", "b"):
-            d = Daemon(self, "exp-" + name, [])
-            if img is None:
-                img = os.path.join(d.dir, "disk.img")
-                with open(img, "wb") as f:
-                    f.truncate(64 * MiB)
-            sock = os.path.join(d.dir, "dmsg.sock")
-            d.args += ["--no-import", "--listen", "unix:" + sock,
-                       "--export", "serno/TWO=" + img]
-            d.start()
-            d.endpoint = "unix:" + sock
-            self.exps[name] = d
-        self.img = img
+        self.exps, self.img = exporterHeads(self, ("a", "b"))
         for d in self.exps.values():
             d.waitLog("DMSG listening")
         self.imp = Daemon(self, "importer", [])
@@ -176,18 +205,7 @@ class TwoPathTests(SynchronousTestCase):
         the numbers stop), attach one back (they move again); the client
         sees no error and every byte reads back.
         """
-        started = os.path.join(self.imp.dir, "started")
-        stop = os.path.join(self.imp.dir, "stop")
-        io = subprocess.Popen(
-            ["/usr/bin/python3", "-m", "nbd", "-c",
-             "import sys; sys.argv = ['nbdsh', %r, %r, %r]" % (
-                 self.uri, started, stop), "-c", IO_LOOP],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.addCleanup(lambda: io.poll() is None and io.kill())
-        waitFor("I/O started", lambda: os.path.exists(started)
-                or io.poll() is not None)
-        if io.poll() is not None:
-            self.fail("I/O client failed: %r" % (io.communicate(),))
+        io, stop = startIOLoop(self, self.uri, self.imp.dir)
 
         def writes():
             return self.ctl.stats("serno/TWO")["stats"]["ops"]["write"]

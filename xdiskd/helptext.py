@@ -35,6 +35,7 @@ LAYOUT: Dict[str, Tuple[str, str]] = {
     "seed-open-modes": ("Exports", ""),
     "no-import": ("Import", ""),
     "linger": ("Import", "SECONDS"),
+    "max-units": ("Import", "N"),
     "stall-timeout": ("Import", "SECONDS"),
     "unflushed-window": ("Import", "SIZE"),
     "unflushed": ("Import", "replay|fail"),

@@ -189,6 +189,13 @@ class Options(usage.Options):
         ["linger", None, 60.0,
          "Seconds an unused unit with no paths lingers before teardown.",
          _seconds("linger")],
+        ["max-units", None, 1024,
+         "Units the importer holds at most, from all links together "
+         "(each link is also held to its units= limit, default 256).  At "
+         "the limit, the unit that has lingered longest without paths or "
+         "opens is torn down early; if there is none, the span is refused "
+         "and logged.",
+         _whole("max-units", "units", 1, 1 << 20)],
         ["link-timeout", None, 5.0,
          "Seconds of silence after which a DMSG link that owes us a reply "
          "(I/O, or a PING it would answer) is dead and closed; links are "

@@ -19,6 +19,7 @@ from twisted.python import usage
 from xdiskd.connectors import Connectors
 from xdiskd.control.services import addOperationServices
 from xdiskd.dmsg.link import DMSGFactory
+from xdiskd.holddown import HoldingFactory
 from xdiskd.endpoints import (
     AnnouncingEndpoint, checkServerEndpoint, clientEndpoint, listenerNotice,
     serverEndpoint, unixListenPath, withConnectTimeout)
@@ -157,7 +158,8 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
                             stallTimeout=options["stall-timeout"],
                             pathCheck=2.0 if options["link-timeout"] else 0,
                             window=options["unflushed-window"],
-                            unflushed=options["unflushed"])
+                            unflushed=options["unflushed"],
+                            maxUnits=options["max-units"])
     relay = Relay() if options["relay"] else None
     node = Node(exporter, importer, options["hostname"], relay)
     top = XDiskService(node)
@@ -178,11 +180,12 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
         ep = _serverEndpoint("--listen", given, lambda: serverEndpoint(
             reactor, desc, tls, options["dfly"]))
         svc = StreamServerEndpointService(
-            AnnouncingEndpoint(ep, _notice("DMSG", desc, tls)), DMSGFactory(
+            AnnouncingEndpoint(ep, _notice("DMSG", desc, tls)),
+            HoldingFactory(DMSGFactory(
                 node, "in", limits=limits, clock=reactor,
                 linkTimeout=linkTimeout,
                 peerCheck=tls.peerPolicy() if desc.startswith("tls:")
-                else None))
+                else None), 2 * linkTimeout, reactor))
         svc._raiseSynchronously = True
         top.addListener(svc, Listener("--listen", given,
                                       *unixListenPath(desc)))

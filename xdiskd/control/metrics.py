@@ -103,7 +103,8 @@ def _units(r: Registry, importer: Any) -> None:
         r.counter("xdiskd_import_spans_refused_total",
                   "Spans not taken as paths: a sector size NBD cannot "
                   "serve (geometry), size or sector size unlike the "
-                  "unit's (mismatch), or the link's units limit.",
+                  "unit's (mismatch), the link's units limit (units) or the "
+                  "importer's (max-units).",
                   {"reason": reason}, n)
     for unit in importer.devices():
         snap = unit.snapshot()

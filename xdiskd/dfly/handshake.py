@@ -32,6 +32,7 @@ from typing import Callable, Optional
 
 import attr
 
+from xdiskd.dfly.bigint import invert, powmod
 from xdiskd.dfly.keys import PrivateKey, PublicKey
 from xdiskd.dfly.stream import (
     DETECT_BYTES, FORMATS, Cipher, detectFormat, receiver, sender)
@@ -86,12 +87,12 @@ def _private(key: PrivateKey, c: int, random: Callable[[int], bytes]) -> int:
         r = int.from_bytes(random(key.k), "big") % n
         if r > 1:
             break
-    cb = c * pow(r, key.e, n) % n
-    m1 = pow(cb, key.dp, key.p)
-    m2 = pow(cb, key.dq, key.q)
+    cb = c * powmod(r, key.e, n) % n
+    m1 = powmod(cb, key.dp, key.p)
+    m2 = powmod(cb, key.dq, key.q)
     h = key.qinv * (m1 - m2) % key.p
     mb = m2 + h * key.q
-    return mb * pow(r, -1, n) % n
+    return mb * invert(r, n) % n
 
 
 def buildBlock(quickmsg: bytes, random: Callable[[int], bytes] = os.urandom
@@ -142,7 +143,7 @@ def encryptBlock(block: bytearray, own: PrivateKey, peer: PublicKey,
             s = _private(own, m, random)
             if s < limit:
                 break
-        out += pow(s, peer.e, peer.n).to_bytes(k, "big")
+        out += powmod(s, peer.e, peer.n).to_bytes(k, "big")
     return bytes(out)
 
 
@@ -169,7 +170,7 @@ def decryptBlock(wire: bytes, own: PrivateKey, peer: PublicKey,
                 "peer's handshake does not decrypt with its key in "
                 "remote/ (piece at %d): wrong peer key, or the peer has "
                 "another key for us" % (o,))
-        out += pow(s, peer.e, peer.n).to_bytes(k, "big")
+        out += powmod(s, peer.e, peer.n).to_bytes(k, "big")
     return bytes(out)
 
 

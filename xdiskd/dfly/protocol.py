@@ -20,6 +20,14 @@ endpoint, the connection is made when the negotiation is done, and a
 failed negotiation is a failed connection attempt (a C{ClientService}
 retries it with its back-off).
 
+The handshake's RSA (a few ms with GMP, more with 4096-bit keys or
+without it, L{xdiskd.dfly.bigint}) runs in the reactor's thread pool
+when the clock is a reactor with one, with GMP allowed to release the
+GIL, so other links and NBD clients are not held up.  The connection is
+not read meanwhile, so what the peer sent (its close included) is seen
+in order after the RSA's outcome, as it was inline.  With a plain clock
+(tests) it runs inline.
+
 Over the encrypted transport the link's lean reader and eager sender do
 not apply (it is not a socket transport: L{xdiskd.io} falls back to
 plain C{write}); they are used here instead, under the encryption, on
@@ -28,9 +36,10 @@ the socket transport.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.threads import deferToThreadPool
 from twisted.internet.interfaces import (
     IConsumer, IPushProducer, IStreamClientEndpoint, IStreamServerEndpoint,
     ITransport)
@@ -39,7 +48,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from xdiskd.dfly.handshake import Established, Negotiation, \
+from xdiskd.dfly import bigint
+from xdiskd.dfly.handshake import BLOCK_SIZE, Established, Negotiation, \
     NegotiationError
 from xdiskd.dfly.keys import Encrypted, KeyDirectory, Plain, Refused
 from xdiskd.dfly.stream import StreamError
@@ -49,6 +59,9 @@ from xdiskd.io.sockets import tuneTransport
 
 #: Seconds the whole negotiation (handshake and format) may take.
 NEGOTIATION_TIMEOUT = 10.0
+#: Bytes a peer may send while our RSA runs: its block, the 80 bytes
+#: that tell its format, and then some DMSG (its LNK_CONN and more).
+_PENDING_LIMIT = 1 << 20
 
 log = Logger(namespace="xdiskd.dfly")
 #: How a plain DMSG stream starts (magic 0x4832, little-endian).
@@ -165,6 +178,9 @@ class DFlyProtocol(Protocol):
         self._lowerTransport: Any = None
         self._made = False
         self._waiter: Optional[Deferred] = None
+        # RSA in a thread: bytes that arrive meanwhile wait here.
+        self._busy = False
+        self._pending = bytearray()
 
     def whenUp(self) -> Deferred:
         """
@@ -209,18 +225,81 @@ class DFlyProtocol(Protocol):
         keys = self.factory.keys.own
         assert keys is not None
         try:
-            self._negotiation = Negotiation(
+            neg = self._negotiation = Negotiation(
                 keys.private, decision.peer, self.factory.format)
-            block = self._negotiation.start()
         except NegotiationError as e:
             self.fail(str(e))
             return
         self.state = "negotiating"
         tuneTransport(t)
-        # libdmsg writes its block first, then reads: so do we.
-        t.write(block)
         self._timer = self.factory.clock.callLater(
             self.factory.timeout, self._timedOut)
+        self._offload(neg.start).addCallbacks(
+            self._started, self._rsaFailed, errbackArgs=("",))
+
+    def _offload(self, f: Callable[..., Any], *args: Any) -> Deferred:
+        """Run C{f} off the reactor, not reading until it is done."""
+        self._busy = True
+        assert self.transport is not None
+        self.transport.pauseProducing()  # type: ignore[attr-defined]
+        return self.factory.offload(f, *args).addBoth(self._idle)
+
+    def _idle(self, result: Any) -> Any:
+        self._busy = False
+        if self.state == "negotiating" and self.transport is not None:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+        return result
+
+    def _started(self, block: bytes) -> None:
+        if self.state != "negotiating":
+            return
+        # libdmsg writes its block first, then reads: so do we.
+        assert self.transport is not None
+        self.transport.write(block)
+        self._feed()
+
+    def _feed(self) -> None:
+        """Hand what arrived to the negotiation (RSA off the reactor)."""
+        neg = self._negotiation
+        if self._busy or self.state != "negotiating" or neg is None or (
+                not self._pending):
+            return
+        data = bytes(self._pending)
+        self._pending.clear()
+        if neg.stage == "handshake" and neg.received + len(data) >= (
+                BLOCK_SIZE):
+            self._offload(neg.receive, data).addCallbacks(
+                self._received, self._rsaFailed,
+                errbackArgs=("negotiation failed: ",))
+            return
+        try:
+            est = neg.receive(data)
+        except NegotiationError as e:
+            self.fail("negotiation failed: %s" % (e,))
+            return
+        if est is not None:
+            self._up(est)
+
+    def _received(self, est: Optional[Established]) -> None:
+        if self.state != "negotiating":
+            return
+        if est is None:
+            self._feed()
+            return
+        self._up(est)
+        if self._pending and self.state == "encrypted":
+            # Arrived while the RSA ran: after what the negotiation kept.
+            more = bytes(self._pending)
+            self._pending.clear()
+            self.dataReceived(more)
+
+    def _rsaFailed(self, f: Failure, prefix: str) -> None:
+        if f.check(NegotiationError):
+            self.fail(prefix + str(f.value))
+        else:
+            log.failure("dfly {where}: negotiation crashed", f,
+                        where=self.where)
+            self.fail("negotiation failed: internal error")
 
     def dataReceived(self, data: bytes) -> None:
         state = self.state
@@ -235,15 +314,12 @@ class DFlyProtocol(Protocol):
         elif state == "plain":
             self.wrappedProtocol.dataReceived(data)
         elif state == "negotiating":
-            neg = self._negotiation
-            assert neg is not None
-            try:
-                est = neg.receive(data)
-            except NegotiationError as e:
-                self.fail("negotiation failed: %s" % (e,))
+            if len(self._pending) + len(data) > _PENDING_LIMIT:
+                self.fail("peer sent %d bytes before the negotiation was "
+                          "done" % (len(self._pending) + len(data),))
                 return
-            if est is not None:
-                self._up(est)
+            self._pending += data
+            self._feed()
 
     def _up(self, est: Established) -> None:
         self._cancelTimer()
@@ -369,6 +445,15 @@ class DFlyFactory(Factory):
         self.format = format
         self.clock = clock
         self.timeout = timeout
+        pool = getattr(clock, "getThreadPool", None)
+        self._pool = pool() if pool is not None else None
+
+    def offload(self, f: Callable[..., Any], *args: Any) -> Deferred:
+        """C{f(*args)} in the reactor's thread pool (inline without one)."""
+        if self._pool is None:
+            return maybeDeferred(f, *args)
+        return deferToThreadPool(self.clock, self._pool, _releasingGIL,
+                                 f, *args)
 
     def startFactory(self) -> None:
         self.wrappedFactory.doStart()
@@ -420,3 +505,9 @@ class DFlyClientEndpoint(_DFlyEndpoint):
         d = self.wrapped.connect(DFlyFactory(
             protocolFactory, self.keys, self.format, self.clock))
         return d.addCallback(lambda p: p.whenUp())
+
+
+def _releasingGIL(f: Callable[..., Any], *args: Any) -> Any:
+    """In a pool thread: let GMP release the GIL while it computes."""
+    bigint.releaseGIL()
+    return f(*args)

@@ -33,6 +33,7 @@ from twisted.python.failure import Failure
 
 from xdiskd.dmsg import constants as C
 from xdiskd.dmsg.link import DMSGLink, LinkError, Transaction
+from xdiskd.dmsg.spanflags import READ_ONLY, withFlags
 from xdiskd.dmsg.wire import BlkIO, BlkOpen, LnkSpan, Message
 from xdiskd.errors import MediaError
 from xdiskd.export.incarnation import incarnationOf
@@ -85,7 +86,9 @@ class Export:
                        peer_label=self.spec.label.encode("utf-8"),
                        pfs_label=self.spec.serial.encode("utf-8"),
                        media_maxio=C.AUX_MAX,
-                       media_incarnation=self.incarnation)
+                       media_incarnation=self.incarnation,
+                       media_rest=withFlags(
+                           READ_ONLY if self.spec.readOnly else 0))
 
     def whenIdle(self) -> Deferred:
         if self.inflight == 0:

@@ -29,6 +29,7 @@ from zope.interface import implementer
 
 from xdiskd.dmsg import constants as C
 from xdiskd.dmsg.link import DMSGLink, Transaction
+from xdiskd.dmsg.spanflags import READ_ONLY, flagsOf
 from xdiskd.dmsg.wire import LnkSpan
 from xdiskd.interfaces import IBlockDeviceRegistry
 from xdiskd.labels import parse, show, unitKey
@@ -36,6 +37,10 @@ from xdiskd.xa.unit import DEFAULT_MAX_IO, MAXTAGS, XAUnit
 from xdiskd.xa.window import DEFAULT_WINDOW, MODES, REPLAY
 
 DEFAULT_LINGER = 60.0
+#: Units one importer holds at most, whatever link made them (the
+#: C{units} link limit caps each link; a peer that reconnects, or many
+#: peers, would otherwise add up without bound).
+DEFAULT_MAX_UNITS = 1024
 #: Smallest maximum I/O a path may state (with the sector size, if larger).
 MIN_PATH_IO = 64 * 1024
 #: Sector sizes a span may state (0: not stated, DEV_BSIZE).
@@ -62,15 +67,19 @@ class Importer:
                  maxIO: int = DEFAULT_MAX_IO, maxTags: int = MAXTAGS,
                  readOnly: Any = (), stallTimeout: float = 0.0,
                  pathCheck: float = 0.0, window: int = DEFAULT_WINDOW,
-                 unflushed: str = REPLAY) -> None:
+                 unflushed: str = REPLAY,
+                 maxUnits: int = DEFAULT_MAX_UNITS) -> None:
         if not 512 <= maxIO <= C.AUX_MAX:
             raise ValueError("max I/O size %d not in 512..%d" % (
                 maxIO, C.AUX_MAX))
         if unflushed not in MODES or window < 0:
             raise ValueError("bad unflushed window %r %r" % (
                 window, unflushed))
+        if maxUnits < 1:
+            raise ValueError("max units %d < 1" % (maxUnits,))
         self.window = window
         self.unflushed = unflushed
+        self.maxUnits = maxUnits
         self.reactor = reactor
         self.linger = linger
         self.maxIO = maxIO
@@ -86,7 +95,7 @@ class Importer:
         self.units: Dict[bytes, XAUnit] = {}
         self._byName: Dict[str, XAUnit] = {}
         self.refused: Dict[str, int] = {"geometry": 0, "mismatch": 0,
-                                        "units": 0}
+                                        "units": 0, "max-units": 0}
         self._lingers: Dict[XAUnit, Any] = {}
         self._spanUnits: Dict[Transaction, XAUnit] = {}
         self._watchers: List[Any] = []
@@ -95,6 +104,10 @@ class Importer:
         self._freeNumbers: List[int] = []
         # Link → units created by its spans and not yet torn down.
         self._created: Dict[DMSGLink, int] = {}
+        # Spans refused as another disk than their serial's unit, still
+        # open: one may become the unit once the old one is torn down.
+        # (Bounded by the peers' transactions link limits.)
+        self._mismatched: Dict[Transaction, LnkSpan] = {}
 
     # ---------------------------------------------------------------
     # IBlockDeviceRegistry
@@ -147,9 +160,26 @@ class Importer:
                              "{cap})", link=link.name, serial=show(key),
                              n=made, cap=cap)
                 return
+            if len(self.units) >= self.maxUnits and not self._reclaim():
+                self._refuse("max-units", "{link}: span {serial} refused: "
+                             "the importer holds {n} units, all in use "
+                             "(--max-units {cap})", link=link.name,
+                             serial=show(key), n=len(self.units),
+                             cap=self.maxUnits)
+                return
             unit = self._create(key, ext, link)
         elif ext.media_bytes != unit.size or sector != unit.sectorSize:
-            # Not the same disk, whatever its serial says.
+            if unit.idle:
+                # Nothing uses the old disk and it has no path left: this
+                # is the disk now (an export resized and re-added, say).
+                self._teardown(unit, "its serial now comes with {size} "
+                               "bytes, sector {sector}".format(
+                                   size=ext.media_bytes, sector=sector))
+                self.spanAdded(txn, ext)
+                return
+            # Not the same disk, whatever its serial says.  It is looked
+            # at again when the unit is torn down.
+            self._mismatched[txn] = ext
             self._refuse("mismatch", "{unit}: span via {link} refused: it "
                          "says {size} bytes, sector {sector}; the unit has "
                          "{have}, sector {haveSector}", unit=unit.name,
@@ -168,6 +198,12 @@ class Importer:
         # once cut the unit's I/O to 512 bytes (45x slower writes).
         maxIO = max(ext.media_maxio or C.DRAGONFLY_MAX_IO,
                     max(unit.sectorSize, MIN_PATH_IO))
+        if not unit.opencnt:
+            # Before the first open, the newest path's exporter says
+            # whether writes will be refused (NBD_OPT_INFO reports it);
+            # the open's answer decides from then on.
+            unit.readOnly = unit.configuredReadOnly or bool(
+                flagsOf(ext) & READ_ONLY)
         unit.spanAdded(txn, maxIO, ext.media_incarnation)
 
     def _refuse(self, reason: str, fmt: str, **kw: Any) -> None:
@@ -179,6 +215,7 @@ class Importer:
 
     def spanDeleted(self, txn: Transaction) -> None:
         """The span was withdrawn or its link lost."""
+        self._mismatched.pop(txn, None)
         unit = self._spanUnits.pop(txn, None)
         if unit is not None:
             unit.spanRemoved(txn)
@@ -237,10 +274,32 @@ class Importer:
         self._lingers[unit] = self.reactor.callLater(
             self.linger, self._expire, unit)
 
+    def _reclaim(self) -> bool:
+        """
+        At the unit limit: tear down the unit that has lingered longest
+        (no paths, no opens: its teardown was only waiting for its
+        timer).  Units with a path or an open are never taken.
+        """
+        for unit, call in list(self._lingers.items()):
+            if call.active():
+                call.cancel()
+            self._expire(unit)
+            if unit.gone:
+                return True
+        return False
+
     def _expire(self, unit: XAUnit) -> None:
         self._lingers.pop(unit, None)
         if not unit.idle or unit.gone:
             return
+        self._teardown(unit, "no paths, no opens for {s}s".format(
+            s=self.linger))
+
+    def _teardown(self, unit: XAUnit, why: str) -> None:
+        """Forget an idle unit; spans refused as unlike it get a look."""
+        call = self._lingers.pop(unit, None)
+        if call is not None and call.active():
+            call.cancel()
         self.units.pop(unit.serial, None)
         self._byName.pop(unit.name, None)
         heapq.heappush(self._freeNumbers, unit.number)
@@ -248,10 +307,15 @@ class Importer:
         if link in self._created:
             self._created[link] -= 1
         unit.destroy()
-        self.log.info("{unit}: torn down (no paths, no opens for {s}s)",
-                      unit=unit.name, s=self.linger)
+        self.log.info("{unit}: torn down ({why})", unit=unit.name, why=why)
         for w in self._watchers:
             w("remove", unit)
+        waiting = [(txn, ext) for txn, ext in self._mismatched.items()
+                   if unitKey(ext.pfs_label) == unit.serial]
+        for txn, ext in waiting:
+            del self._mismatched[txn]
+            if not txn.closed and txn.link.connected:
+                self.spanAdded(txn, ext)
 
     def stop(self) -> None:
         if self._pathCall is not None and self._pathCall.active():
