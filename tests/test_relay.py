@@ -184,6 +184,23 @@ class TopologyTests(TestCase):
             self.assertLessEqual(n.relay.spanCount(), 2 * (6 + 4))
             self.assertEqual(len(n.importer.units), 6)
 
+    def test_controlListsSpansHeld(self):
+        """C{xdisk list} gives a relay's spans held (bench/scale.py)."""
+        from types import SimpleNamespace
+        from xdiskd.control.api import ControlAPI
+        nodes, wires = self._mesh(3, [(0, 1), (1, 2), (2, 0)])
+        for n in nodes:
+            listed = ControlAPI(SimpleNamespace(node=n)).list()["relay"]
+            self.assertEqual(listed, dict(sources=len(n.relay.sources),
+                                          copies=len(n.relay.copies)))
+            # As the README says: 12 received (every disk of the ring,
+            # its own back too, on each of 2 links), 8 relayed.
+            self.assertEqual(listed, dict(sources=12, copies=8))
+            self.assertEqual(sum(listed.values()), n.relay.spanCount())
+        plain = ControlAPI(SimpleNamespace(node=Node(
+            exporter=None, importer=None, hostname="x"))).list()
+        self.assertIsNone(plain["relay"])
+
     def test_fullMesh4(self):
         edges = [(a, b) for a in range(4) for b in range(a + 1, 4)]
         nodes, wires = self._mesh(4, edges)
