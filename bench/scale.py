@@ -25,13 +25,13 @@ Scenarios (sub-commands; ``all`` runs the three):
            random data (--client-file-mib, default 256, in page cache);
            one exporter and one importer, fresh per row: IOPS, p99, CPU
            per request, VmHWM and VmRSS of both daemons.
-  mesh     8 relay nodes (``--relay``, each exporting 2 sparse disks and
-           importing, no NBD) linked as a ring 0-1-..-7-0 plus one chord
+  mesh     8 relay nodes (``--relay``, each exporting --disks sparse
+           disks of 16 MiB, default 2, and importing, no NBD) linked as a ring 0-1-..-7-0 plus one chord
            0-4 over UNIX sockets: spans held per node (relay sources +
            relayed copies, from ``xdisk list``), units and paths; then
            node 3 (ring only) is SIGKILLed and every survivor's control
            socket is polled (every 100 ms) until its state is final: no
-           path to node 3's disks, at least one path to each of the 14
+           path to node 3's disks, at least one path to each of the
            others, and spans held unchanged for --settle seconds.  The
            time to converge is the last change seen, from the kill.
 
@@ -40,7 +40,10 @@ Every run records the machine (bench/machine.py) first.  Wrap it in
 
     .venv/bin/python bench/scale.py [units|clients|mesh|all]
         [--units 1,16,256] [--clients 1,8,64] [--idle 10] [--runtime 10]
-        [--markdown bench/RESULTS.md]
+        [--disks 2] [--tree DIR] [--markdown bench/RESULTS.md]
+
+--tree DIR runs the daemons of another source tree (``git archive`` of
+a commit), for a before/after.
 """
 
 import argparse
@@ -55,9 +58,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 
 from bench.common import (  # noqa: E402
-    cleanup, randomFile, scratch, sparseFile, waitFor, xdiskd)
+    REPO, cleanup, randomFile, scratch, sparseFile, waitFor)
+from bench.common import xdiskd as _xdiskd  # noqa: E402
 from bench.machine import describe  # noqa: E402
 from xdiskd.control.client import ControlClient  # noqa: E402
+
+
+#: The source tree whose daemons run (--tree: another one, for an A/B).
+TREE = [REPO]
+
+
+def xdiskd(name, args, d):
+    return _xdiskd(name, args, d, TREE[0])
 
 
 def status(proc):
@@ -373,7 +385,7 @@ VICTIM = 3
 def meshState(d, i):
     info = ask(d, "n%d" % i)
     paths = {u["serial"]: u["spans"] for u in info["units"]}
-    relay = info["relay"] or {"sources": 0, "copies": 0}
+    relay = info.get("relay") or {"sources": 0, "copies": 0}
     return dict(sources=relay["sources"], copies=relay["copies"],
                 held=relay["sources"] + relay["copies"], paths=paths,
                 links=sum(1 for link in info["links"] if link["ready"]))
@@ -386,7 +398,7 @@ def mesh(a, lines):
         for i in range(MESH):
             sock = os.path.join(d, "n%d.sock" % i)
             args = ["--relay", "--no-nbd", "--listen", "unix:" + sock]
-            for j in range(2):
+            for j in range(a.disks):
                 f = sparseFile(os.path.join(d, "n%d-d%d.img" % (i, j)), 16)
                 args += ["--export", "n%d-d%d=%s" % (i, j, f)]
             for x, y in EDGES:
@@ -394,7 +406,8 @@ def mesh(a, lines):
                     args += ["--connect", "unix:" + os.path.join(
                         d, "n%d.sock" % y)]
             procs[i] = xdiskd("n%d" % i, args, d)
-        disks = {"n%d-d%d" % (i, j) for i in range(MESH) for j in range(2)}
+        disks = {"n%d-d%d" % (i, j) for i in range(MESH)
+                 for j in range(a.disks)}
         t0 = time.perf_counter()
         while True:
             try:
@@ -416,7 +429,7 @@ def mesh(a, lines):
         tk = time.perf_counter()
         victim.p.send_signal(signal.SIGKILL)
         victim.p.wait()
-        gone = {"n%d-d0" % VICTIM, "n%d-d1" % VICTIM}
+        gone = {"n%d-d%d" % (VICTIM, j) for j in range(a.disks)}
 
         def final(s):
             return (all(s["paths"].get(g, 0) == 0 for g in gone)
@@ -429,8 +442,9 @@ def mesh(a, lines):
         cleanup(d)
     deg = {i: sum(1 for e in EDGES if i in e) for i in range(MESH)}
     lines += ["### mesh: 8 relay nodes, ring 0-1-...-7-0 plus chord 0-4, "
-              "UNIX sockets", "",
-              "Every node: `--relay`, exports 2 disks, imports (no NBD). "
+              "UNIX sockets, %d disks per node" % a.disks, "",
+              "Every node: `--relay`, exports %d disks (16 MiB sparse), "
+              "imports (no NBD). " % a.disks +
               "A node's own disks come back to it through the relays "
               "and are imported too (units and paths below count them). "
               "Spans held = relay sources (spans received) + relayed "
@@ -500,17 +514,26 @@ def main():
     ap.add_argument("--idle", type=float, default=10.0)
     ap.add_argument("--runtime", type=int, default=10)
     ap.add_argument("--settle", type=float, default=3.0)
+    ap.add_argument("--disks", type=int, default=2,
+                    help="disks each mesh node exports")
+    ap.add_argument("--tree", default="",
+                    help="run the daemons of another source tree")
     ap.add_argument("--markdown", default="")
     a = ap.parse_args()
     a.units = [int(x) for x in a.units.split(",")]
     a.clients = [int(x) for x in a.clients.split(",")]
+    if a.tree:
+        TREE[0] = os.path.abspath(a.tree)
     lines = ["## %s — bench/scale.py %s" % (time.strftime("%Y-%m-%d %H:%M"),
-                                          a.scenario), ""] + describe() + [""]
+                                          a.scenario), ""] + describe() + [
+        "- daemons from: %s" % (TREE[0],), ""]
+    print("\n".join(lines))
     for name, fn in (("units", units), ("clients", clients),
                      ("mesh", mesh)):
         if a.scenario in (name, "all"):
+            done = len(lines)
             fn(a, lines)
-            print("\n".join(lines))
+            print("\n".join(lines[done:]), flush=True)
     if a.markdown:
         with open(a.markdown, "a") as f:
             f.write("\n".join(lines) + "\n\n")
