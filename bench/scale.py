@@ -18,7 +18,9 @@ Scenarios (sub-commands; ``all`` runs the three):
            - under load: 16 fio clients (4 KiB random reads, QD4 each,
              --runtime s) spread over the units (client k on unit
              k*N/16, so N=1 has all 16 on one unit): IOPS, p99, CPU and
-             peak RSS (VmHWM) of each process.
+             peak RSS (VmHWM) of each process; then the same clients
+             write (4 KiB random writes, never flushing): RSS and the
+             unflushed windows in use.
            RSS per unit is fitted by least squares over N = 1, 16, 256.
   clients  1, 8, 64 NBD clients on one unit, and 8 clients on each of 16
            units, each client 4 KiB random reads at QD4 on a file of
@@ -105,12 +107,13 @@ def waitControl(d, name, timeout=60.0):
     raise RuntimeError("%s: no control socket after %gs" % (name, timeout))
 
 
-def fio(jobs, runtime, qd=4):
+def fio(jobs, runtime, qd=4, rw="randread"):
     """
-    One fio run of 4 KiB random reads; C{jobs} is a list of NBD URIs,
-    one fio job (one NBD connection) each.  IOPS and p99 over all jobs.
+    One fio run of 4 KiB random I/O (C{rw}: randread or randwrite);
+    C{jobs} is a list of NBD URIs, one fio job (one NBD connection) each.
+    IOPS and p99 over all jobs.
     """
-    cmd = ["fio", "--ioengine=nbd", "--thread", "--rw=randread",
+    cmd = ["fio", "--ioengine=nbd", "--thread", "--rw=" + rw,
            "--bs=4k", "--iodepth=%d" % qd, "--time_based",
            "--runtime=%d" % runtime, "--output-format=json",
            "--group_reporting"]
@@ -121,7 +124,7 @@ def fio(jobs, runtime, qd=4):
         raise RuntimeError("fio with %d jobs failed (%d): %s" % (
             len(jobs), run.returncode, run.stderr.decode()[-2000:]))
     out = run.stdout
-    job = json.loads(out[out.index(b"{"):])["jobs"][0]["read"]
+    job = json.loads(out[out.index(b"{"):])["jobs"][0][rw[4:]]
     pct = job["clat_ns"].get("percentile", {})
     return {"iops": job["iops"], "ios": job["total_ios"],
             "p99": pct.get("99.000000", 0) / 1000.0}
@@ -226,12 +229,20 @@ def unitsRow(n, a):
         r = fio(uris, a.runtime)
         load = delta(cpuOf(procs), l0)
         rssLoad = [status(p) for p in procs]
+        w0 = cpuOf(procs)
+        w = fio(uris, a.runtime, rw="randwrite")
+        write = delta(cpuOf(procs), w0)
+        rssWrite = [status(p) for p in procs]
+        held = ask(d, "imp")["units"]
+        window = (sum(u["window"]["inUse"] for u in held),
+                  sum(u["window"]["peak"] for u in held))
     finally:
         stopAll(procs)
         cleanup(d)
     return dict(n=n, spanTime=spanTime, spanCpu=spanCpu, polls=polls,
                 idle=idle, rssIdle=rssIdle, load=load, rssLoad=rssLoad,
-                fio=r)
+                fio=r, write=write, rssWrite=rssWrite, wfio=w,
+                window=window)
 
 
 def units(a, lines):
@@ -264,6 +275,25 @@ def units(a, lines):
                                    for s in r["rssLoad"]),
                          ", ".join("%d" % s["Threads"]
                                    for s in r["rssLoad"])))
+    lines += ["", "Then the same 16 clients write (4 KiB random writes QD4, "
+              "%d s, never flushing): the importer keeps what it wrote "
+              "since the last flush in each unit's unflushed window "
+              "(--unflushed-window, 64 MiB per unit by default)." % (
+                  a.runtime,), "",
+              "| units | write IOPS | p99 µs | CPU µs/req (A + B + imp) | "
+              "importer VmRSS / VmHWM MiB | windows in use / peak MiB "
+              "(sum over units) |",
+              "|---:|---:|---:|---|---|---|"]
+    for r in rows:
+        ios = max(r["wfio"]["ios"], 1)
+        imp = r["rssWrite"][2]
+        lines.append("| %d | %.0f | %.0f | %s | %.1f / %.1f | %.1f / %.1f "
+                     "|" % (r["n"], r["wfio"]["iops"], r["wfio"]["p99"],
+                            " + ".join("%.1f" % (c / ios * 1e6)
+                                       for c in r["write"]),
+                            imp["VmRSS"] / 1024, imp["VmHWM"] / 1024,
+                            r["window"][0] / 2 ** 20,
+                            r["window"][1] / 2 ** 20))
     ns = [r["n"] for r in rows]
     lines.append("")
     if len(ns) >= 2:
