@@ -84,3 +84,26 @@ class BacklogListenTests(TestCase):
         """The check can fail: with Twisted's 50 the queue overflows."""
         refused = yield self.refusedOf("unix:%s:backlog=50")
         self.assertEqual(refused, self.CLIENTS - 51)
+
+
+class DaemonListenersTests(TestCase):
+    """The daemon's own --listen and --nbd listeners get the backlog."""
+
+    def test_listeners(self):
+        from twisted.internet.testing import MemoryReactorClock
+        from xdiskd.service import makeService
+        from tests.daemons import parseOptions
+        d = tempfile.mkdtemp(prefix="xdb-", dir="/tmp")
+        self.addCleanup(shutil.rmtree, d, True)
+        r = MemoryReactorClock()
+        top = makeService(parseOptions(
+            "--state-dir", d, "--nbd", "unix:" + d + "/n.sock",
+            "--listen", "unix:" + d + "/l.sock",
+            "--listen", "tcp:0:interface=127.0.0.1"), r)
+        top.startService()
+        self.addCleanup(top.stopService)
+        self.assertEqual(sorted((path, backlog) for path, _, backlog, _, _
+                                in r.unixServers),
+                         [(d + "/l.sock", LISTEN_BACKLOG),
+                          (d + "/n.sock", LISTEN_BACKLOG)])
+        self.assertEqual([s[2] for s in r.tcpServers], [LISTEN_BACKLOG])
