@@ -158,6 +158,20 @@ def delta(after, before):
     return [a - b for a, b in zip(after, before)]
 
 
+def perRequest(cpu, result):
+    """Each process's CPU µs per request of a fio C{result}."""
+    ios = max(result["ios"], 1)
+    return " + ".join("%.1f" % (c / ios * 1e6) for c in cpu)
+
+
+def fioMeasured(procs, uris, runtime, rw="randread"):
+    """A fio run; (its result, each process's CPU seconds, their
+    VmHWM/VmRSS after)."""
+    c0 = cpuOf(procs)
+    r = fio(uris, runtime, rw=rw)
+    return r, delta(cpuOf(procs), c0), [status(p) for p in procs]
+
+
 def fit(xs, ys):
     """Least-squares line y = a + b x; (a, b, max relative residual)."""
     n = len(xs)
@@ -225,14 +239,9 @@ def unitsRow(n, a):
         uris = ["nbd+unix:///%s?socket=%s" % (names[k * n // 16], nbd)
                 for k in range(16)]
         waitFor(["nbdinfo", "--size", uris[0]], 30)
-        l0 = cpuOf(procs)
-        r = fio(uris, a.runtime)
-        load = delta(cpuOf(procs), l0)
-        rssLoad = [status(p) for p in procs]
-        w0 = cpuOf(procs)
-        w = fio(uris, a.runtime, rw="randwrite")
-        write = delta(cpuOf(procs), w0)
-        rssWrite = [status(p) for p in procs]
+        r, load, rssLoad = fioMeasured(procs, uris, a.runtime)
+        w, write, rssWrite = fioMeasured(procs, uris, a.runtime,
+                                         "randwrite")
         held = ask(d, "imp")["units"]
         window = (sum(u["window"]["inUse"] for u in held),
                   sum(u["window"]["peak"] for u in held))
@@ -261,7 +270,6 @@ def units(a, lines):
               "(A, B, imp) | threads (A, B, imp) |",
               "|---:|---:|---:|---|---|---:|---:|---|---|---|"]
     for r in rows:
-        ios = max(r["fio"]["ios"], 1)
         lines.append("| %d | %.3f | %.3f | %s | %s | %.0f | %.0f | %s | "
                      "%s | %s |" % (
                          r["n"], r["spanTime"], r["spanCpu"],
@@ -269,8 +277,7 @@ def units(a, lines):
                          ", ".join("%.1f" % (s["VmRSS"] / 1024)
                                    for s in r["rssIdle"]),
                          r["fio"]["iops"], r["fio"]["p99"],
-                         " + ".join("%.1f" % (c / ios * 1e6)
-                                    for c in r["load"]),
+                         perRequest(r["load"], r["fio"]),
                          ", ".join("%.1f" % (s["VmHWM"] / 1024)
                                    for s in r["rssLoad"]),
                          ", ".join("%d" % s["Threads"]
@@ -285,12 +292,10 @@ def units(a, lines):
               "(sum over units) |",
               "|---:|---:|---:|---|---|---|"]
     for r in rows:
-        ios = max(r["wfio"]["ios"], 1)
         imp = r["rssWrite"][2]
         lines.append("| %d | %.0f | %.0f | %s | %.1f / %.1f | %.1f / %.1f "
                      "|" % (r["n"], r["wfio"]["iops"], r["wfio"]["p99"],
-                            " + ".join("%.1f" % (c / ios * 1e6)
-                                       for c in r["write"]),
+                            perRequest(r["write"], r["wfio"]),
                             imp["VmRSS"] / 1024, imp["VmHWM"] / 1024,
                             r["window"][0] / 2 ** 20,
                             r["window"][1] / 2 ** 20))
@@ -352,10 +357,7 @@ def clientsRow(nunits, per, a):
         # Warm-up: the files into the page cache through the daemons.
         fio(uris[:nunits], 2)
         base = [status(p) for p in procs]
-        c0 = cpuOf(procs)
-        r = fio(uris, a.runtime)
-        used = delta(cpuOf(procs), c0)
-        after = [status(p) for p in procs]
+        r, used, after = fioMeasured(procs, uris, a.runtime)
     finally:
         stopAll(procs)
         cleanup(d)
@@ -380,11 +382,9 @@ def clients(a, lines):
               "VmHWM MiB (exp, imp) |",
               "|---|---:|---:|---:|---|---|---|"]
     for r in rows:
-        ios = max(r["fio"]["ios"], 1)
         lines.append("| %d x %d | %d | %.0f | %.0f | %s | %s | %s |" % (
             r["units"], r["per"], r["units"] * r["per"], r["fio"]["iops"],
-            r["fio"]["p99"],
-            " + ".join("%.1f" % (c / ios * 1e6) for c in r["cpu"]),
+            r["fio"]["p99"], perRequest(r["cpu"], r["fio"]),
             ", ".join("%.1f -> %.1f" % (b["VmRSS"] / 1024,
                                         f["VmRSS"] / 1024)
                       for b, f in zip(r["base"], r["after"])),
