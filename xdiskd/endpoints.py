@@ -76,6 +76,22 @@ def dflyHost(desc: str) -> Optional[str]:
     return named.get("host") or (positional[0] if positional else None)
 
 
+#: Connections a listener lets wait for accept() (Twisted's default is
+#: 50: 128 NBD clients connecting at once overflowed it and libnbd
+#: failed them with "server backlog overflowed").  The kernel caps it at
+#: net.core.somaxconn.  A C{backlog=} in the description wins.
+LISTEN_BACKLOG = 1024
+
+
+def withBacklog(desc: str) -> str:
+    """C{desc} (a plain C{unix:}/C{tcp:}/C{tcp6:} server endpoint) with
+    C{backlog=}L{LISTEN_BACKLOG} unless it states one."""
+    kind, _, named = _args(desc)
+    if kind in ("unix", "tcp", "tcp6") and "backlog" not in named:
+        return "%s:backlog=%d" % (desc, LISTEN_BACKLOG)
+    return desc
+
+
 def _split(desc: str) -> List[str]:
     """Split at unescaped colons, undoing backslash escapes."""
     parts: List[str] = []
@@ -225,10 +241,11 @@ def serverEndpoint(reactor: Any, desc: str, tls: Optional[TLSConfig],
         fmt, inner = splitDFly(desc)
         if dfly is None:
             raise ValueError("%s: DragonFly keys are not loaded" % (desc,))
-        return DFlyServerEndpoint(serverFromString(reactor, inner), dfly,
+        return DFlyServerEndpoint(serverFromString(reactor,
+                                                   withBacklog(inner)), dfly,
                                   fmt, reactor, desc)
     if not isTLS(desc):
-        return serverFromString(reactor, desc)
+        return serverFromString(reactor, withBacklog(desc))
     if tls is None:
         raise ValueError("%s: TLS is not configured (--tls-cert)" % (desc,))
     _, inner = splitTLS(desc)
@@ -236,7 +253,8 @@ def serverEndpoint(reactor: Any, desc: str, tls: Optional[TLSConfig],
         options = tls.serverOptions()
     except TLSConfigError as e:
         raise ValueError(str(e))
-    return TLSServerEndpoint(serverFromString(reactor, inner), options)
+    return TLSServerEndpoint(serverFromString(reactor, withBacklog(inner)),
+                             options)
 
 
 def clientEndpoint(reactor: Any, desc: str, tls: Optional[TLSConfig],

@@ -43,11 +43,12 @@ def identity(ext: LnkSpan) -> Identity:
 
 
 class _Source:
-    __slots__ = ("txn", "ext", "copies")
+    __slots__ = ("txn", "ext", "ident", "copies")
 
     def __init__(self, txn: Transaction, ext: LnkSpan) -> None:
         self.txn = txn
         self.ext = ext
+        self.ident = identity(ext)
         self.copies: Dict[DMSGLink, Transaction] = {}
 
 
@@ -56,6 +57,10 @@ class Relay:
     Relays spans and the transactions stacked on them between links.
 
     @ivar sources: source span transaction → L{_Source}.
+    @ivar byIdent: identity → its sources (span transaction → L{_Source}):
+        choosing a copy looks only at the sources of one disk, so a
+        span or link event costs O(links x sources of that disk), not
+        O(all sources) per disk (issue 19: quadratic in disks).
     @ivar copies: (link, identity) → our relayed span on that link.
     """
 
@@ -67,6 +72,7 @@ class Relay:
         # go out on every link already, at dist 0, and are never relayed.
         self.local: Any = frozenset
         self.sources: Dict[Transaction, _Source] = {}
+        self.byIdent: Dict[Identity, Dict[Transaction, _Source]] = {}
         self.copies: Dict[Tuple[DMSGLink, Identity], Transaction] = {}
         self.links: Dict[DMSGLink, None] = {}
         self.forwarded = 0
@@ -78,7 +84,7 @@ class Relay:
         self.links[link] = None
 
     def linkReady(self, link: DMSGLink) -> None:
-        for ident in {identity(s.ext) for s in self.sources.values()}:
+        for ident in list(self.byIdent):
             self._refresh(ident, [link])
 
     def linkLost(self, link: DMSGLink) -> None:
@@ -89,16 +95,22 @@ class Relay:
             del self.copies[key]
 
     def spanAdded(self, txn: Transaction, ext: LnkSpan) -> None:
-        self.sources[txn] = _Source(txn, ext)
-        self._refresh(identity(ext), list(self.links))
+        source = self.sources[txn] = _Source(txn, ext)
+        self.byIdent.setdefault(source.ident, {})[txn] = source
+        self._refresh(source.ident, list(self.links))
 
     def spanDeleted(self, txn: Transaction) -> None:
         source = self.sources.pop(txn, None)
         if source is None:
             return
+        same = self.byIdent.get(source.ident)
+        if same is not None:
+            same.pop(txn, None)
+            if not same:
+                del self.byIdent[source.ident]
         for link, copy in list(source.copies.items()):
-            self._withdraw(link, identity(source.ext), copy)
-        self._refresh(identity(source.ext), list(self.links))
+            self._withdraw(link, source.ident, copy)
+        self._refresh(source.ident, list(self.links))
 
     def spanCount(self) -> int:
         """Spans this node holds: received sources plus relayed copies."""
@@ -126,13 +138,14 @@ class Relay:
         """Make sure each link has a copy of C{ident} if any source fits."""
         if ident in self.local():
             return
+        same = self.byIdent.get(ident)
+        if not same:
+            return
         for link in links:
             if (link, ident) in self.copies:
                 continue
             best: Optional[_Source] = None
-            for source in self.sources.values():
-                if identity(source.ext) != ident:
-                    continue
+            for source in same.values():
                 if not self._eligible(source, link):
                     continue
                 if best is None or source.ext.dist < best.ext.dist:
@@ -169,7 +182,7 @@ class Relay:
         if msg.cmd & C.DELETE:
             source: _Source = copy.data
             copy.reply(0)
-            ident = identity(source.ext)
+            ident = source.ident
             link = copy.link
             if self.copies.get((link, ident)) is copy:
                 del self.copies[(link, ident)]

@@ -22,7 +22,7 @@ from xdiskd.dmsg.link import DMSGFactory
 from xdiskd.holddown import HoldingFactory
 from xdiskd.endpoints import (
     AnnouncingEndpoint, checkServerEndpoint, clientEndpoint, listenerNotice,
-    serverEndpoint, unixListenPath, withConnectTimeout)
+    serverEndpoint, unixListenPath, withBacklog, withConnectTimeout)
 from xdiskd.errors import StartupError
 from xdiskd.export.server import Exporter
 from xdiskd.export.store import StoreError, StorePoolService, openStore
@@ -228,7 +228,7 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
         for given in options["nbd"]:
             desc = serverEndpointString(given, options["socket-mode"])
             ep = _serverEndpoint("--nbd", given, lambda: serverFromString(
-                reactor, desc))
+                reactor, withBacklog(desc)))
             svc = StreamServerEndpointService(
                 AnnouncingEndpoint(ep, _notice("NBD", desc, tls)),
                 NBDServerFactory(

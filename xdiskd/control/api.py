@@ -181,8 +181,13 @@ class ControlAPI:
                        key=lambda info: info["id"])
         targets = [c.snapshot() for c in connectors.connectors()] \
             if connectors is not None else []
+        relay = getattr(node, "relay", None)
+        # Spans a relay holds (received sources plus relayed copies):
+        # what bench/scale.py's mesh reads per node.
+        spans = (dict(sources=len(relay.sources), copies=len(relay.copies))
+                 if relay is not None else None)
         return dict(units=units, exports=exps, links=links,
-                    connectors=targets)
+                    connectors=targets, relay=spans)
 
     def stat(self) -> Dict[str, Any]:
         """Counters of every unit and export, with the daemon's time."""
