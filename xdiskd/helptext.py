@@ -32,6 +32,7 @@ LAYOUT: Dict[str, Tuple[str, str]] = {
     "store-threads": ("Exports", "N"),
     "inline-io": ("Exports", ""),
     "inline-write-max": ("Exports", "BYTES"),
+    "write-thread-min": ("Exports", "SIZE|off"),
     "seed-open-modes": ("Exports", ""),
     "no-import": ("Import", ""),
     "linger": ("Import", "SECONDS"),

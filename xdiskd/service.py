@@ -145,7 +145,8 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
             try:
                 store = openStore(spec, reactor, pool.pool,
                                   inline=options["inline-io"],
-                                  inlineWriteMax=options["inline-write-max"])
+                                  inlineWriteMax=options["inline-write-max"],
+                                  writeThreadMin=options["write-thread-min"])
             except StoreError as e:
                 raise usage.UsageError("--export %s: %s" % (given, e))
             exporter.add(spec, store)

@@ -48,6 +48,7 @@ from xdiskd.errors import (
     XDiskError,
 )
 from xdiskd.export.spec import ExportSpec
+from xdiskd.export.writer import CALL, READ, WRITE, BatchWriter
 from xdiskd.export.sysio import (  # tests patch these names here
     _UNSUPPORTED, _describe, _deviceSectorSize, _punchHole, _readFull,
     _writeFull, _writeZeros, _zeroOutDevice)
@@ -172,6 +173,7 @@ class FileStore:
         nowait: bool = True,
         inlineWriteMax: int = INLINE_WRITE_MAX,
         gauge: Any = None,
+        writeThreadMin: Optional[int] = None,
     ) -> None:
         """
         Wrap an open file descriptor; the store owns it from now on.
@@ -182,6 +184,9 @@ class FileStore:
             many bytes are made in the calling thread while C{gauge} (a
             L{xdiskd.export.dirty.DirtyGauge}) says the page cache has
             room; 0 never.
+        @param writeThreadMin: writes of at least this many bytes go to
+            the store's writer thread in batches (L{BatchWriter}); None:
+            no writer thread.
         """
         self._fd = fd
         self.path = path
@@ -214,6 +219,11 @@ class FileStore:
         self._inlineOffUntil = 0.0
         self.inlineWrites = 0
         self.slowInlineWrites = 0
+        self._writer: Optional[BatchWriter] = None
+        self._writeThreadMin = 0
+        if writeThreadMin is not None and not readOnly:
+            self._writer = BatchWriter(lambda: self._fd, path, reactor)
+            self._writeThreadMin = writeThreadMin
 
     def __repr__(self) -> str:
         mode = "ro" if self.readOnly else "rw"
@@ -249,6 +259,10 @@ class FileStore:
         refused = self._refuse("read", offset, length, writing=False)
         if refused is not None:
             return defer.fail(refused)
+        writer = self._writer
+        if writer is not None and writer.outstanding:
+            # After the writes that arrived before it (writer.py).
+            return self._viaWriter(writer, READ, offset, length)
         if nowait and self._nowaitRead:
             buf = self._readNowait(offset, length)
             if buf is not None:
@@ -264,6 +278,8 @@ class FileStore:
         """
         if self._refuse("read", offset, length, writing=False) is not None:
             return None
+        if self._writer is not None and self._writer.outstanding:
+            return None     # read() orders it after those writes
         if self._nowaitRead:
             return self._readNowait(offset, length)
         if self._pool is None:
@@ -311,8 +327,12 @@ class FileStore:
         except (TypeError, ValueError):
             return defer.fail()
         refused = self._refuse("write", offset, view.nbytes, writing=True)
+        writer = self._writer
         if refused is not None:
             d: Deferred[None] = defer.fail(refused)
+        elif writer is not None and (
+                writer.outstanding or view.nbytes >= self._writeThreadMin):
+            d = self._viaWriter(writer, WRITE, offset, view)
         else:
             try:
                 done = (self._writeNowait(offset, view)
@@ -389,6 +409,16 @@ class FileStore:
         refused = self._refuse(what, 0, 0, writing=False)
         if refused is not None:
             return defer.fail(refused)
+        writer = self._writer
+        if writer is not None and writer.outstanding:
+            # Once the writes that arrived before it are made; later
+            # writes go on meanwhile.
+            d: Deferred[None] = Deferred()
+            self._inFlight += 1
+            d.addBoth(self._opDone)
+            writer.afterOutstanding(lambda: self._run(
+                what, os.fdatasync, self._fd).chainDeferred(d))
+            return d
         return self._run(what, os.fdatasync, self._fd)
 
     def discard(self, offset: int, length: int) -> Deferred[None]:
@@ -407,6 +437,12 @@ class FileStore:
         refused = self._refuse(what, offset, length, writing=True)
         if refused is not None:
             return defer.fail(refused)
+        writer = self._writer
+        if writer is not None and writer.outstanding:
+            how = self._discardDevice if self.isBlockDevice else (
+                self._discardFile)
+            return self._viaWriter(writer, CALL, offset,
+                                   lambda: how(offset, length))
         if self.isBlockDevice:
             return self._run(what, self._discardDevice, offset, length)
         return self._run(what, self._discardFile, offset, length)
@@ -520,6 +556,14 @@ class FileStore:
         d.addBoth(self._opDone)
         return d
 
+    def _viaWriter(self, writer: BatchWriter, kind: int, offset: int,
+                   arg: Any) -> Deferred[Any]:
+        """Hand one operation to the writer thread, counted in flight."""
+        self._inFlight += 1
+        d = writer.submit(kind, offset, arg)
+        d.addBoth(self._opDone)
+        return d
+
     def _opDone(self, result: _T) -> _T:
         self._inFlight -= 1
         if self._closing and self._inFlight == 0 and not self._closed:
@@ -527,6 +571,8 @@ class FileStore:
         return result
 
     def _closeFd(self) -> None:
+        if self._writer is not None:
+            self._writer.stop()
         # close(2) of the last reference to a block device writes back its
         # dirty pages, so it belongs on the pool like any other I/O.
         if self._pool is None or not self._pool.started:
@@ -554,6 +600,7 @@ def openStore(
     inline: bool = False,
     nowait: bool = True,
     inlineWriteMax: int = INLINE_WRITE_MAX,
+    writeThreadMin: Optional[int] = None,
 ) -> FileStore:
     """
     Open the file or block device of an export.
@@ -574,6 +621,9 @@ def openStore(
     @param inlineWriteMax: with a pool, page-aligned writes up to this
         many bytes go to the page cache in the calling thread while it
         has room for them (see L{FileStore}); 0 never.
+    @param writeThreadMin: writes of at least this many bytes go to one
+        writer thread of the store, in batches (L{BatchWriter}); None:
+        none.
     @return: The open store.
     @raise StoreError: if the path is missing, not openable, neither a
         regular file nor a block device, or of an unusable size.
@@ -626,4 +676,5 @@ def openStore(
         None if inline else pool,
         nowait,
         inlineWriteMax,
+        writeThreadMin=writeThreadMin,
     )

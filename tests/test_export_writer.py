@@ -1,0 +1,191 @@
+"""
+Tests for L{xdiskd.export.writer}: a store's writer thread, fed one batch
+per read of the socket, in arrival order with the reads, discards and
+flushes behind its writes.  The reactor is a stand-in whose
+C{callFromThread} queues what the thread hands back; the test delivers
+it (waiting at most 10 s for the thread).
+"""
+
+import errno
+import os
+import queue
+import threading
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from xdiskd.errors import MediaError
+from xdiskd.export.spec import ExportSpec
+from xdiskd.export.store import openStore
+from xdiskd.io.send import beginBatch, endBatch
+
+KiB = 1 << 10
+
+
+class ThreadReactor:
+    """callFromThread queues; L{deliver} runs what came, in order."""
+
+    def __init__(self):
+        self.calls = queue.Queue()
+
+    def callFromThread(self, f, *a, **kw):
+        self.calls.put((f, a, kw))
+
+    def deliver(self, n=1):
+        for _ in range(n):
+            f, a, kw = self.calls.get(timeout=10)
+            f(*a, **kw)
+
+    def idle(self):
+        return self.calls.empty()
+
+
+class WriterTests(SynchronousTestCase):
+
+    def setUp(self):
+        self.path = self.mktemp()
+        with open(self.path, "wb") as f:
+            f.truncate(1 << 20)
+        self.reactor = ThreadReactor()
+        self.store = self.open(0)
+
+    def open(self, writeThreadMin):
+        store = openStore(ExportSpec("s", self.path), self.reactor, None,
+                          writeThreadMin=writeThreadMin)
+        self.addCleanup(self.closed, store)
+        return store
+
+    def settle(self, store=None):
+        """Deliver until the thread has nothing outstanding."""
+        writer = (store or self.store)._writer
+        while writer.outstanding:
+            self.reactor.deliver()
+
+    def closed(self, store):
+        store.close()
+        writer = store._writer
+        self.settle(store)
+        if writer._thread is not None:
+            writer._thread.join(10)
+            self.assertFalse(writer._thread.is_alive())
+
+    def fileAt(self, offset, n):
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            return f.read(n)
+
+    def test_oneBatchPerRead(self):
+        """The writes of one read of the socket (a batch scope) go to the
+        thread together when it ends, and come back together."""
+        writer = self.store._writer
+        beginBatch()
+        ds = [self.store.write(i * 4 * KiB, bytes([i + 1]) * 4 * KiB)
+              for i in range(3)]
+        self.assertEqual((writer.batches, writer.outstanding), (0, 3))
+        endBatch()
+        self.assertEqual(writer.batches, 1)
+        for d in ds:
+            self.assertNoResult(d)
+        self.reactor.deliver(1)
+        for d in ds:
+            self.assertIsNone(self.successResultOf(d))
+        self.assertEqual((writer.jobs, writer.outstanding), (3, 0))
+        self.assertTrue(self.reactor.idle())
+        self.assertEqual(self.fileAt(8 * KiB, 4 * KiB), b"\3" * 4 * KiB)
+
+    def test_outsideABatchAtOnce(self):
+        d = self.store.write(0, b"x" * 512)
+        self.assertEqual(self.store._writer.batches, 1)
+        self.reactor.deliver()
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(self.fileAt(0, 512), b"x" * 512)
+
+    def test_readAfterWriteSeesIt(self):
+        """A read that arrives after a write still on the thread is made
+        after it (not from the page cache at once)."""
+        beginBatch()
+        w = self.store.write(4 * KiB, b"n" * 4 * KiB)
+        self.assertIsNone(self.store.readNow(4 * KiB, 4 * KiB))
+        r = self.store.read(4 * KiB, 4 * KiB)
+        endBatch()
+        self.reactor.deliver()
+        self.assertIsNone(self.successResultOf(w))
+        self.assertEqual(bytes(self.successResultOf(r)), b"n" * 4 * KiB)
+        self.assertEqual(self.store._writer.jobs, 2)
+        # Nothing outstanding: reads are answered at once again.
+        self.assertEqual(bytes(self.store.readNow(4 * KiB, 4 * KiB)),
+                         b"n" * 4 * KiB)
+
+    def test_flushAfterTheWritesBeforeIt(self):
+        """A flush starts once the writes that arrived before it were
+        made, not waiting for writes that arrived after it."""
+        syncs = []
+        real = os.fdatasync
+        self.patch(os, "fdatasync", lambda fd: syncs.append(fd) or real(fd))
+        inside, go = threading.Event(), threading.Event()
+        realPwrite = os.pwrite
+
+        def pwrite(fd, data, offset):
+            if offset == 0:
+                inside.set()
+                go.wait(10)
+            return realPwrite(fd, data, offset)
+        self.patch(os, "pwrite", pwrite)
+        a = self.store.write(0, b"a" * 512)
+        self.assertTrue(inside.wait(10))  # the thread took a alone
+        f = self.store.flush()
+        b = self.store.write(512, b"b" * 512)
+        self.assertEqual(syncs, [])
+        self.assertNoResult(f)
+        go.set()
+        self.reactor.deliver()          # a's batch
+        self.assertIsNone(self.successResultOf(a))
+        self.assertEqual(len(syncs), 1)
+        self.assertIsNone(self.successResultOf(f))
+        self.assertEqual(self.store._writer.outstanding, 1)
+        self.settle()                   # b's
+        self.assertIsNone(self.successResultOf(b))
+
+    def test_discardAfterWrite(self):
+        beginBatch()
+        self.store.write(0, b"w" * 8 * KiB)
+        d = self.store.discard(0, 4 * KiB)
+        endBatch()
+        self.reactor.deliver()
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(self.fileAt(0, 8 * KiB),
+                         bytes(4 * KiB) + b"w" * 4 * KiB)
+
+    def test_errorIsMediaError(self):
+        def pwrite(fd, data, offset):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        self.patch(os, "pwrite", pwrite)
+        d = self.store.write(0, b"x" * 512)
+        ok = self.store.write(512, b"y" * 0)   # zero bytes: nothing done
+        self.settle()
+        e = self.failureResultOf(d, MediaError).value
+        self.assertEqual(e.__cause__.errno, errno.EIO)
+        self.assertIn("write 512 bytes at 0", str(e))
+        self.assertIsNone(self.successResultOf(ok))
+
+    def test_smallWritesInlineUnlessBehindOthers(self):
+        """With a minimum, smaller writes are made at once, unless the
+        thread has something outstanding (then they go behind it)."""
+        store = self.open(64 * KiB)
+        writer = store._writer
+        self.assertIsNone(self.successResultOf(store.write(0, b"s" * 4096)))
+        self.assertEqual(writer.batches, 0)
+        big = store.write(64 * KiB, b"B" * 64 * KiB)
+        small = store.write(64 * KiB, b"s" * 4096)
+        self.assertEqual(writer.batches, 2)
+        self.settle(store)
+        self.assertIsNone(self.successResultOf(big))
+        self.assertIsNone(self.successResultOf(small))
+        self.assertEqual(self.fileAt(64 * KiB, 8 * KiB),
+                         b"s" * 4096 + b"B" * 4096)
+
+    def test_readOnlyHasNoWriter(self):
+        os.chmod(self.path, 0o644)
+        store = openStore(ExportSpec("s", self.path, readOnly=True),
+                          self.reactor, None, writeThreadMin=0)
+        self.addCleanup(store.close)
+        self.assertIsNone(store._writer)
