@@ -220,10 +220,9 @@ class FileStore:
         self.inlineWrites = 0
         self.slowInlineWrites = 0
         self._writer: Optional[BatchWriter] = None
-        self._writeThreadMin = 0
         if writeThreadMin is not None and not readOnly:
-            self._writer = BatchWriter(lambda: self._fd, path, reactor)
-            self._writeThreadMin = writeThreadMin
+            self._writer = BatchWriter(lambda: self._fd, path, reactor,
+                                       writeThreadMin, self._writeNow)
 
     def __repr__(self) -> str:
         mode = "ro" if self.readOnly else "rw"
@@ -330,8 +329,7 @@ class FileStore:
         writer = self._writer
         if refused is not None:
             d: Deferred[None] = defer.fail(refused)
-        elif writer is not None and (
-                writer.outstanding or view.nbytes >= self._writeThreadMin):
+        elif writer is not None:
             d = self._viaWriter(writer, WRITE, offset, view)
         else:
             try:
@@ -353,6 +351,23 @@ class FileStore:
         # Let the caller resize its buffer again once we are done with it.
         return d.addBoth(_releaseView, view)
 
+    def _writeNow(self, offset: int, view: memoryview) -> bool:
+        """
+        For the writer thread's lone small writes: write in the calling
+        thread if that does not wait, as L{write} without a writer thread
+        would (raising L{MediaError}); False leaves it to the thread.
+        """
+        done = self._writeNowait(offset, view) if self._nowaitWrite else 0
+        if done:
+            # A part written is written again by the thread: same bytes.
+            return done == view.nbytes
+        if (view.nbytes <= self._inlineWriteMax
+                and not (offset | view.nbytes) & _PAGE_MASK
+                and self._roomForInline()):
+            self._inlineWrite(offset, view)
+            return True
+        return False
+
     def _roomForInline(self) -> bool:
         if self._inlineOffUntil:
             if time.monotonic() < self._inlineOffUntil:
@@ -365,20 +380,24 @@ class FileStore:
         Write in the calling thread (the page cache has room); a write
         that was slow anyway sends writes to the pool for a while.
         """
+        try:
+            self._inlineWrite(offset, view)
+        except MediaError:
+            return defer.fail()
+        return defer.succeed(None)
+
+    def _inlineWrite(self, offset: int, view: memoryview) -> None:
+        """L{_writeInline}, raising L{MediaError}."""
         self.inlineWrites += 1
         switches = _voluntarySwitches()
         t = time.monotonic()
-        try:
-            self._call(f"write {view.nbytes} bytes at {offset}",
-                       _writeFull, self._fd, offset, view)
-        except MediaError:
-            return defer.fail()
+        self._call(f"write {view.nbytes} bytes at {offset}",
+                   _writeFull, self._fd, offset, view)
         t2 = time.monotonic()
         if t2 - t > INLINE_SLOW and (
                 switches < 0 or _voluntarySwitches() != switches):
             self.slowInlineWrites += 1
             self._inlineOffUntil = t2 + INLINE_BACKOFF
-        return defer.succeed(None)
 
     def _writeNowait(self, offset: int, view: memoryview) -> int:
         """

@@ -9,6 +9,12 @@ C{os.pwrite}/C{os.preadv} (the GIL released meanwhile) and hands all
 their results back with one C{callFromThread}, where the reactor fires
 their Deferreds in order.
 
+A small write alone in its read, with nothing outstanding (4 KiB at
+QD1, say), would cost a wake-up of the thread and one of the reactor for
+one write: it is made in the reactor thread as without a writer thread
+(L{FileStore}'s non-blocking or page-cache write), and goes to the
+thread only if that would wait.
+
 Order: while the thread has anything outstanding, every read, write and
 discard of the store goes through it (L{FileStore} asks
 L{BatchWriter.outstanding}), so each sees exactly the writes that
@@ -56,11 +62,24 @@ class BatchWriter:
         not yet reported back to the reactor.
     @ivar batches: batches handed to the thread so far.
     @ivar jobs: operations made by the thread so far.
+    @ivar lone: lone small writes made in the reactor thread instead.
     """
 
     def __init__(self, fd: Callable[[], int], path: str, reactor: Any,
+                 loneMax: int = 0,
+                 now: Optional[Callable[[int, Any], bool]] = None,
                  name: str = "xdiskd-writer") -> None:
-        self._fd = fd           # the store's descriptor, asked per batch
+        """
+        @param fd: the store's descriptor, asked for per batch.
+        @param loneMax: a write smaller than this, alone in its batch
+            with nothing outstanding, is offered to C{now} first.
+        @param now: C{now(offset, view)} makes a write in the reactor
+            thread if it can without waiting: True if it did (raises
+            L{MediaError} on an error), False to leave it to the thread.
+        """
+        self._fd = fd
+        self._loneMax = loneMax
+        self._now = now
         self._path = path
         self._reactor = reactor
         self._name = name
@@ -77,6 +96,7 @@ class BatchWriter:
         self._waiters: List[Tuple[int, Callable[[], Any]]] = []
         self.batches = 0
         self.jobs = 0
+        self.lone = 0
 
     # -- reactor side
 
@@ -100,6 +120,19 @@ class BatchWriter:
         if not batch:
             return
         self._collected = []
+        if (len(batch) == 1 and self.outstanding == 1
+                and self._now is not None):
+            job = batch[0]
+            if job[0] == WRITE and len(job[2]) < self._loneMax:
+                try:
+                    done = self._now(job[1], job[2])
+                except BaseException as e:
+                    self._done([(job, e, None)])
+                    return
+                if done:
+                    self.lone += 1
+                    self._done([(job, None, None)])
+                    return
         self.batches += 1
         with self._lock:
             if self._thread is None:
