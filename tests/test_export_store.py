@@ -257,12 +257,12 @@ class StoreTestsMixin:
         return path
 
     nowait = False
-    writeThreadMin: Any = None
+    writeThread = "off"
 
     def openStore(self, path: str, cleanup: bool = True, **kw: Any) -> FileStore:
         store = openStore(ExportSpec("s", path, **kw), reactor, self.pool,
                           nowait=self.nowait,
-                          writeThreadMin=self.writeThreadMin)
+                          writeThread=self.writeThread)
         if cleanup:
             # Registered after pool.stop, so it runs first.
             self.addCleanup(store.close)
@@ -831,11 +831,11 @@ class NowaitStoreTests(TestCase):
 class WriterThreadStoreTests(StoreTestsMixin, TestCase):
     """
     L{FileStore} with a pool and every write on its writer thread
-    (C{--write-thread-min 0}): the same behaviour.
+    (C{--write-thread all}): the same behaviour.
     """
 
     inline = False
-    writeThreadMin = 0
+    writeThread = "all"
 
 
 class InlineStoreTests(StoreTestsMixin, TestCase):

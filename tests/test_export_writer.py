@@ -63,11 +63,11 @@ class WriterTests(SynchronousTestCase):
         with open(self.path, "wb") as f:
             f.truncate(1 << 20)
         self.reactor = ThreadReactor()
-        self.store = self.open(0)
+        self.store = self.open("all")
 
-    def open(self, writeThreadMin, pool=None):
+    def open(self, writeThread, pool=None):
         store = openStore(ExportSpec("s", self.path), self.reactor, pool,
-                          writeThreadMin=writeThreadMin)
+                          writeThread=writeThread)
         self.addCleanup(self.closed, store)
         return store
 
@@ -182,14 +182,14 @@ class WriterTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(ok))
 
     def test_loneSmallWriteInline(self):
-        """With a minimum, a smaller write alone in its read with nothing
-        outstanding is made at once in the calling thread (as without a
-        writer thread); with others in its read, or behind outstanding
-        work, it goes to the thread."""
+        """auto: a write alone in its read with nothing outstanding is
+        made at once in the calling thread (as without a writer thread);
+        with others in its read, or behind outstanding work, it goes to
+        the thread."""
         pool = makeStorePool(1)
         pool.start()
         self.addCleanup(pool.stop)
-        store = self.open(64 * KiB, pool)
+        store = self.open("auto", pool)
         store._gauge = Roomy()      # whatever this machine's dirty pages
         writer = store._writer
         self.assertIsNone(self.successResultOf(store.write(0, b"s" * 4096)))
@@ -197,23 +197,22 @@ class WriterTests(SynchronousTestCase):
             d = store.write(0, b"t" * 4096)
         self.assertIsNone(self.successResultOf(d))
         self.assertEqual((writer.batches, writer.lone), (0, 2))
-        big = store.write(64 * KiB, b"B" * 64 * KiB)
-        small = store.write(64 * KiB, b"s" * 4096)
         with batch():
-            two = [store.write(i * 4096, b"2" * 4096) for i in (4, 5)]
-        self.assertEqual(writer.batches, 3)
+            big = store.write(64 * KiB, b"B" * 64 * KiB)
+            small = store.write(64 * KiB, b"s" * 4096)
+        behind = store.write(0, b"b" * 4096)    # alone, but behind them
+        self.assertEqual((writer.batches, writer.lone), (2, 2))
         self.settle(store)
-        for d in [big, small] + two:
+        for d in (big, small, behind):
             self.assertIsNone(self.successResultOf(d))
         self.assertEqual(self.fileAt(64 * KiB, 8 * KiB),
                          b"s" * 4096 + b"B" * 4096)
-        self.assertEqual(self.fileAt(0, 4096), b"t" * 4096)
-        self.assertEqual(writer.lone, 2)
+        self.assertEqual(self.fileAt(0, 4096), b"b" * 4096)
 
     def test_readOnlyHasNoWriter(self):
         os.chmod(self.path, 0o644)
         store = openStore(ExportSpec("s", self.path, readOnly=True),
-                          self.reactor, None, writeThreadMin=0)
+                          self.reactor, None, writeThread="all")
         self.addCleanup(store.close)
         self.assertIsNone(store._writer)
 
@@ -235,7 +234,7 @@ class WriterE2ETests(SynchronousTestCase):
         self.d.args += [
             "--image", self.img + "=64M", "--export", "serno/W=" + self.img,
             "--listen", "unix:" + dmsg, "--connect", "unix:" + dmsg,
-            "--nbd", "unix:" + sock, "--write-thread-min", "0"]
+            "--nbd", "unix:" + sock, "--write-thread", "all"]
         self.d.start()
         waitNBD(sock)
         self.uri = nbdURI(sock)

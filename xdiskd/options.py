@@ -97,16 +97,6 @@ def _sizeOption(option: str) -> Callable[[str], int]:
     return coerce
 
 
-def _sizeOrOff(option: str) -> Callable[[str], Optional[int]]:
-    """A coercer of C{--option SIZE|off} (off: None)."""
-    size = _sizeOption(option)
-
-    def coerce(text: str) -> Optional[int]:
-        return None if text == "off" else size(text)
-    coerce.coerceDoc = ""  # type: ignore[attr-defined]
-    return coerce
-
-
 def _octal(option: str) -> Callable[[str], str]:
     def coerce(text: str) -> str:
         try:
@@ -233,11 +223,13 @@ class Options(usage.Options):
          "pages under the kernel's background limit); 0: always "
          "on the I/O threads.",
          _whole("inline-write-max", "bytes", 0, 1048576)],
-        ["write-thread-min", None, "off",
-         "Export writes of at least this size (e.g. 64K; 0: all) go to "
-         "one writer thread per export, a batch per read of the socket; "
-         "off: none (writes are made in the reactor thread or the I/O "
-         "threads).", _sizeOrOff("write-thread-min")],
+        ["write-thread", None, "auto",
+         "Export writes that arrive together (two or more in one read of "
+         "the socket, or behind others not yet made) go to one writer "
+         "thread per export, a batch per read; a write alone is made "
+         "at once as with off (auto); every write goes to it (all); no "
+         "writer thread (off).",
+         _choice("write-thread", "off", "auto", "all")],
         ["poll-us", None, 100,
          "Busy-poll for I/O up to this many microseconds before sleeping, "
          "adapting to how soon events come (0: always sleep at once).  "
@@ -356,9 +348,6 @@ class Options(usage.Options):
         if not isinstance(self["unflushed-window"], int):
             self["unflushed-window"] = _sizeOption("unflushed-window")(
                 str(self["unflushed-window"]))
-        if isinstance(self["write-thread-min"], str):   # default, config
-            self["write-thread-min"] = _sizeOrOff("write-thread-min")(
-                self["write-thread-min"])
         images = []
         for spec in self["image"]:
             path, sep, size = spec.rpartition("=")

@@ -146,7 +146,7 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
                 store = openStore(spec, reactor, pool.pool,
                                   inline=options["inline-io"],
                                   inlineWriteMax=options["inline-write-max"],
-                                  writeThreadMin=options["write-thread-min"])
+                                  writeThread=options["write-thread"])
             except StoreError as e:
                 raise usage.UsageError("--export %s: %s" % (given, e))
             exporter.add(spec, store)

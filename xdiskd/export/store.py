@@ -38,6 +38,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from xdiskd.buffers import take as _takeBuffer
+from xdiskd.dmsg import constants as C
 from xdiskd.export.dirty import gauge as dirtyGauge
 from xdiskd.export.pool import LeanPool, submit
 from xdiskd.errors import (
@@ -75,6 +76,8 @@ INLINE_WRITE_MAX = 1 << 20
 INLINE_SLOW = 0.002
 INLINE_BACKOFF = 5.0
 _PAGE_MASK = 4095
+#: --write-thread: none, lone writes in the reactor, every write.
+WRITE_THREAD_MODES = ("off", "auto", "all")
 
 
 _RUSAGE_THREAD: int = getattr(resource, "RUSAGE_THREAD", -1)
@@ -173,7 +176,7 @@ class FileStore:
         nowait: bool = True,
         inlineWriteMax: int = INLINE_WRITE_MAX,
         gauge: Any = None,
-        writeThreadMin: Optional[int] = None,
+        writeThread: str = "off",
     ) -> None:
         """
         Wrap an open file descriptor; the store owns it from now on.
@@ -184,9 +187,11 @@ class FileStore:
             many bytes are made in the calling thread while C{gauge} (a
             L{xdiskd.export.dirty.DirtyGauge}) says the page cache has
             room; 0 never.
-        @param writeThreadMin: writes of at least this many bytes go to
-            the store's writer thread in batches (L{BatchWriter}); None:
-            no writer thread.
+        @param writeThread: C{"off"}: no writer thread; C{"all"}: every
+            write goes to the store's writer thread in batches
+            (L{BatchWriter}); C{"auto"}: a write alone in its read of the
+            socket, with nothing outstanding, is made here as without a
+            thread if that does not wait, the rest go to the thread.
         """
         self._fd = fd
         self.path = path
@@ -220,9 +225,14 @@ class FileStore:
         self.inlineWrites = 0
         self.slowInlineWrites = 0
         self._writer: Optional[BatchWriter] = None
-        if writeThreadMin is not None and not readOnly:
-            self._writer = BatchWriter(lambda: self._fd, path, reactor,
-                                       writeThreadMin, self._writeNow)
+        if writeThread not in WRITE_THREAD_MODES:
+            raise ValueError("write thread mode %r not in %s" % (
+                writeThread, "|".join(WRITE_THREAD_MODES)))
+        if writeThread != "off" and not readOnly:
+            self._writer = BatchWriter(
+                lambda: self._fd, path, reactor,
+                C.AUX_MAX + 1 if writeThread == "auto" else 0,
+                self._writeNow)
 
     def __repr__(self) -> str:
         mode = "ro" if self.readOnly else "rw"
@@ -619,7 +629,7 @@ def openStore(
     inline: bool = False,
     nowait: bool = True,
     inlineWriteMax: int = INLINE_WRITE_MAX,
-    writeThreadMin: Optional[int] = None,
+    writeThread: str = "off",
 ) -> FileStore:
     """
     Open the file or block device of an export.
@@ -640,9 +650,8 @@ def openStore(
     @param inlineWriteMax: with a pool, page-aligned writes up to this
         many bytes go to the page cache in the calling thread while it
         has room for them (see L{FileStore}); 0 never.
-    @param writeThreadMin: writes of at least this many bytes go to one
-        writer thread of the store, in batches (L{BatchWriter}); None:
-        none.
+    @param writeThread: off, auto or all: which writes go to one writer
+        thread of the store, in batches (see L{FileStore}).
     @return: The open store.
     @raise StoreError: if the path is missing, not openable, neither a
         regular file nor a block device, or of an unusable size.
@@ -695,5 +704,5 @@ def openStore(
         None if inline else pool,
         nowait,
         inlineWriteMax,
-        writeThreadMin=writeThreadMin,
+        writeThread=writeThread,
     )

@@ -9,11 +9,12 @@ C{os.pwrite}/C{os.preadv} (the GIL released meanwhile) and hands all
 their results back with one C{callFromThread}, where the reactor fires
 their Deferreds in order.
 
-A small write alone in its read, with nothing outstanding (4 KiB at
-QD1, say), would cost a wake-up of the thread and one of the reactor for
-one write: it is made in the reactor thread as without a writer thread
-(L{FileStore}'s non-blocking or page-cache write), and goes to the
-thread only if that would wait.
+A write alone in its read, with nothing outstanding (4 KiB at QD1, or
+each 1 MiB write, which gets a read of its own), would cost a wake-up of
+the thread and one of the reactor for one write and gain no overlap:
+with C{--write-thread auto} it is made in the reactor thread as without
+a writer thread (L{FileStore}'s non-blocking or page-cache write), and
+goes to the thread only if that would wait.
 
 Order: while the thread has anything outstanding, every read, write and
 discard of the store goes through it (L{FileStore} asks
@@ -72,7 +73,8 @@ class BatchWriter:
         """
         @param fd: the store's descriptor, asked for per batch.
         @param loneMax: a write smaller than this, alone in its batch
-            with nothing outstanding, is offered to C{now} first.
+            with nothing outstanding, is offered to C{now} first (0:
+            never; more than the largest write: always).
         @param now: C{now(offset, view)} makes a write in the reactor
             thread if it can without waiting: True if it did (raises
             L{MediaError} on an error), False to leave it to the thread.
