@@ -130,6 +130,24 @@ class WriterTests(SynchronousTestCase):
         self.assertEqual(bytes(self.store.readNow(4 * KiB, 4 * KiB)),
                          b"n" * 4 * KiB)
 
+    def test_readElsewhereAtOnce(self):
+        """A read of a range no outstanding write or discard touches is
+        answered as without the thread."""
+        with batch():
+            w = self.store.write(4 * KiB, b"n" * 4 * KiB)
+            d = self.store.discard(16 * KiB, 4 * KiB)
+            self.assertEqual(bytes(self.store.readNow(0, 4 * KiB)),
+                             bytes(4 * KiB))
+            self.assertEqual(bytes(self.store.readNow(8 * KiB, 8 * KiB)),
+                             bytes(8 * KiB))
+            self.assertIsNone(self.store.readNow(12 * KiB, 8 * KiB))
+            r = self.store.read(0, 4 * KiB)
+        self.assertEqual(bytes(self.successResultOf(r)), bytes(4 * KiB))
+        self.settle()
+        self.assertIsNone(self.successResultOf(w))
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(self.store._writer.jobs, 2)
+
     def test_flushAfterTheWritesBeforeIt(self):
         """A flush starts once the writes that arrived before it were
         made, not waiting for writes that arrived after it."""

@@ -269,7 +269,8 @@ class FileStore:
         if refused is not None:
             return defer.fail(refused)
         writer = self._writer
-        if writer is not None and writer.outstanding:
+        if writer is not None and writer.outstanding and writer.overlaps(
+                offset, length):
             # After the writes that arrived before it (writer.py).
             return self._viaWriter(writer, READ, offset, length)
         if nowait and self._nowaitRead:
@@ -287,7 +288,9 @@ class FileStore:
         """
         if self._refuse("read", offset, length, writing=False) is not None:
             return None
-        if self._writer is not None and self._writer.outstanding:
+        writer = self._writer
+        if writer is not None and writer.outstanding and writer.overlaps(
+                offset, length):
             return None     # read() orders it after those writes
         if self._nowaitRead:
             return self._readNowait(offset, length)
@@ -471,7 +474,7 @@ class FileStore:
             how = self._discardDevice if self.isBlockDevice else (
                 self._discardFile)
             return self._viaWriter(writer, CALL, offset,
-                                   lambda: how(offset, length))
+                                   (lambda: how(offset, length), length))
         if self.isBlockDevice:
             return self._run(what, self._discardDevice, offset, length)
         return self._run(what, self._discardFile, offset, length)

@@ -16,10 +16,12 @@ with C{--write-thread auto} it is made in the reactor thread as without
 a writer thread (L{FileStore}'s non-blocking or page-cache write), and
 goes to the thread only if that would wait.
 
-Order: while the thread has anything outstanding, every read, write and
-discard of the store goes through it (L{FileStore} asks
-L{BatchWriter.outstanding}), so each sees exactly the writes that
-arrived before it, as the inline writes of the reactor did.  A flush
+Order: while the thread has anything outstanding, every write and
+discard of the store goes through it, and so does every read of a range
+an outstanding write or discard touches (L{FileStore} asks
+L{BatchWriter.outstanding} and L{BatchWriter.overlaps}), so each sees
+exactly the writes that arrived before it, as with the inline writes of
+the reactor; other reads are answered as without the thread.  A flush
 waits (L{BatchWriter.afterOutstanding}) until everything that arrived
 before it was done, then runs on the store pool as before; writes that
 arrive after it go on meanwhile.
@@ -36,7 +38,8 @@ comes, and L{BatchWriter.stop} wakes it.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, List, Optional, Tuple
+from collections import deque
+from typing import Any, Callable, Deque, List, Optional, Tuple
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -51,7 +54,7 @@ CALL = 2
 _WHAT = {WRITE: "write", READ: "read", CALL: "discard"}
 
 # (kind, offset, argument, deferred): argument is the data (WRITE), the
-# length (READ) or a callable (CALL).
+# length (READ) or (callable, length) (CALL).
 Job = Tuple[int, int, Any, Deferred]
 
 
@@ -92,6 +95,9 @@ class BatchWriter:
         self._stopping = False
         self._thread: Optional[threading.Thread] = None
         self._collected: List[Job] = []    # this read's, reactor only
+        # (start, end) of each outstanding operation, in arrival order
+        # (reads: empty); the thread reports in that order.
+        self._ranges: Deque[Tuple[int, int]] = deque()
         self.outstanding = 0
         self._arrived = 0
         self._finished = 0
@@ -107,6 +113,9 @@ class BatchWriter:
         d: Deferred = Deferred()
         collected = self._collected
         collected.append((kind, offset, arg, d))
+        self._ranges.append((offset, offset + len(arg)) if kind == WRITE
+                            else (offset, offset + arg[1]) if kind == CALL
+                            else (offset, offset))
         self.outstanding += 1
         self._arrived += 1
         if len(collected) == 1 and not collect(self):
@@ -153,6 +162,14 @@ class BatchWriter:
             return
         self._waiters.append((self._arrived, f))
 
+    def overlaps(self, offset: int, length: int) -> bool:
+        """Whether an outstanding write or discard touches the range."""
+        end = offset + length
+        for start, stop in self._ranges:
+            if start < end and offset < stop:
+                return True
+        return False
+
     def stop(self) -> None:
         """Let the thread end once its queue is empty."""
         with self._lock:
@@ -163,6 +180,9 @@ class BatchWriter:
                                          Any]]) -> None:
         self.outstanding -= len(results)
         self._finished += len(results)
+        ranges = self._ranges
+        for _ in results:
+            ranges.popleft()
         # The replies of one batch go out together (one sendmsg a link).
         beginBatch()
         try:
@@ -177,7 +197,7 @@ class BatchWriter:
                 d.callback(value)
                 continue
             n = arg if kind == READ else (
-                len(arg) if kind == WRITE else 0)
+                len(arg) if kind == WRITE else arg[1])
             what = "%s %d bytes at %d" % (_WHAT[kind], n, offset)
             if isinstance(error, OSError):
                 e = MediaError("%s: %s: %s" % (self._path, what,
@@ -220,7 +240,7 @@ class BatchWriter:
                     elif kind == READ:
                         value = _readFull(fd, offset, arg)
                     else:
-                        value = arg()
+                        value = arg[0]()
                 except BaseException as e:   # reported, never lost
                     results.append((job, e, None))
                     continue
