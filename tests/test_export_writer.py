@@ -200,10 +200,11 @@ class WriterTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(ok))
 
     def test_loneSmallWriteInline(self):
-        """auto: a write alone in its read with nothing outstanding is
-        made at once in the calling thread (as without a writer thread);
-        with others in its read, or behind outstanding work, it goes to
-        the thread."""
+        """auto: a small write alone in its read with nothing outstanding
+        is made at once in the calling thread (as without a writer
+        thread); with others in its read, or behind outstanding work, it
+        goes to the thread; a write of 64 KiB or more goes to the thread
+        only behind outstanding work."""
         pool = makeStorePool(1)
         pool.start()
         self.addCleanup(pool.stop)
@@ -216,16 +217,19 @@ class WriterTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(d))
         self.assertEqual((writer.batches, writer.lone), (0, 2))
         with batch():
-            big = store.write(64 * KiB, b"B" * 64 * KiB)
-            small = store.write(64 * KiB, b"s" * 4096)
-        behind = store.write(0, b"b" * 4096)    # alone, but behind them
+            one = store.write(64 * KiB, b"1" * 4096)
+            two = store.write(68 * KiB, b"2" * 4096)
+        behind = store.write(64 * KiB, b"B" * 64 * KiB)   # large, behind
         self.assertEqual((writer.batches, writer.lone), (2, 2))
         self.settle(store)
-        for d in (big, small, behind):
+        for d in (one, two, behind):
             self.assertIsNone(self.successResultOf(d))
-        self.assertEqual(self.fileAt(64 * KiB, 8 * KiB),
-                         b"s" * 4096 + b"B" * 4096)
-        self.assertEqual(self.fileAt(0, 4096), b"b" * 4096)
+        self.assertEqual(self.fileAt(64 * KiB, 8 * KiB), b"B" * 8 * KiB)
+        # 64 KiB and more, nothing outstanding: as without the thread.
+        self.assertIsNone(self.successResultOf(
+            store.write(0, b"L" * 64 * KiB)))
+        self.assertEqual((writer.batches, writer.lone), (2, 2))
+        self.assertEqual(self.fileAt(0, 4096), b"L" * 4096)
 
     def test_readOnlyHasNoWriter(self):
         os.chmod(self.path, 0o644)

@@ -224,10 +224,10 @@ class Options(usage.Options):
          "on the I/O threads.",
          _whole("inline-write-max", "bytes", 0, 1048576)],
         ["write-thread", None, "auto",
-         "Export writes that arrive together (two or more in one read of "
-         "the socket, or behind others not yet made) go to one writer "
-         "thread per export, a batch per read; a write alone is made "
-         "at once as with off (auto); every write goes to it (all); no "
+         "Export writes under 64 KiB that arrive together (two or more "
+         "in one read of the socket) or behind others not yet made go to "
+         "one writer thread per export, a batch per read; other writes "
+         "are made as with off (auto); every write goes to it (all); no "
          "writer thread (off).",
          _choice("write-thread", "off", "auto", "all")],
         ["poll-us", None, 100,

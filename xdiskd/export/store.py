@@ -78,6 +78,11 @@ INLINE_BACKOFF = 5.0
 _PAGE_MASK = 4095
 #: --write-thread: none, lone writes in the reactor, every write.
 WRITE_THREAD_MODES = ("off", "auto", "all")
+#: auto: writes this large and larger go the way they go without the
+#: thread unless others are outstanding on it (measured: 64 KiB writes in
+#: the 70/30 mix and 1 MiB writes cost the exporter more CPU on the
+#: thread, 4 KiB writes at QD32 less).
+WRITE_THREAD_BELOW = 64 << 10
 
 
 _RUSAGE_THREAD: int = getattr(resource, "RUSAGE_THREAD", -1)
@@ -189,9 +194,12 @@ class FileStore:
             room; 0 never.
         @param writeThread: C{"off"}: no writer thread; C{"all"}: every
             write goes to the store's writer thread in batches
-            (L{BatchWriter}); C{"auto"}: a write alone in its read of the
-            socket, with nothing outstanding, is made here as without a
-            thread if that does not wait, the rest go to the thread.
+            (L{BatchWriter}); C{"auto"}: writes smaller than
+            L{WRITE_THREAD_BELOW} go to the thread unless alone in their
+            read of the socket with nothing outstanding (then they are
+            made here as without a thread, if that does not wait);
+            larger ones go the way they go without the thread unless
+            others are outstanding on it.
         """
         self._fd = fd
         self.path = path
@@ -225,10 +233,13 @@ class FileStore:
         self.inlineWrites = 0
         self.slowInlineWrites = 0
         self._writer: Optional[BatchWriter] = None
+        self._threadBelow = 0
         if writeThread not in WRITE_THREAD_MODES:
             raise ValueError("write thread mode %r not in %s" % (
                 writeThread, "|".join(WRITE_THREAD_MODES)))
         if writeThread != "off" and not readOnly:
+            self._threadBelow = (WRITE_THREAD_BELOW if writeThread == "auto"
+                                 else C.AUX_MAX + 1)
             self._writer = BatchWriter(
                 lambda: self._fd, path, reactor,
                 C.AUX_MAX + 1 if writeThread == "auto" else 0,
@@ -342,7 +353,8 @@ class FileStore:
         writer = self._writer
         if refused is not None:
             d: Deferred[None] = defer.fail(refused)
-        elif writer is not None:
+        elif writer is not None and (
+                writer.outstanding or view.nbytes < self._threadBelow):
             d = self._viaWriter(writer, WRITE, offset, view)
         else:
             try:
