@@ -208,8 +208,9 @@ class Options(usage.Options):
         ["unflushed-window", None, "64M",
          "Per unit, keep up to this much of the data written since the "
          "last completed flush, to replay it if the exporter's host "
-         "crashes or a failover lands on another node (e.g. 64M); when "
-         "full, the importer flushes before it acknowledges more.",
+         "crashes or a failover lands on another node (e.g. 64M); at "
+         "half of it the importer sends its own flush, and a full window "
+         "holds acknowledgements until a flush made room.",
          _sizeOption("unflushed-window")],
         ["unflushed", None, "replay",
          "What a lost unflushed window does (replay|fail): replay it "
