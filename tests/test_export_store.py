@@ -257,10 +257,12 @@ class StoreTestsMixin:
         return path
 
     nowait = False
+    writeThread = "off"
 
     def openStore(self, path: str, cleanup: bool = True, **kw: Any) -> FileStore:
         store = openStore(ExportSpec("s", path, **kw), reactor, self.pool,
-                          nowait=self.nowait)
+                          nowait=self.nowait,
+                          writeThread=self.writeThread)
         if cleanup:
             # Registered after pool.stop, so it runs first.
             self.addCleanup(store.close)
@@ -824,6 +826,16 @@ class NowaitStoreTests(TestCase):
         got = yield d
         self.assertEqual(bytes(got), data[:4096])
         self.assertEqual(store.nowaitMisses, 1)
+
+
+class WriterThreadStoreTests(StoreTestsMixin, TestCase):
+    """
+    L{FileStore} with a pool and every write on its writer thread
+    (C{--write-thread all}): the same behaviour.
+    """
+
+    inline = False
+    writeThread = "all"
 
 
 class InlineStoreTests(StoreTestsMixin, TestCase):

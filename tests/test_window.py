@@ -147,6 +147,107 @@ class WindowTests(Base):
         self.assertEqual((off, bytes(data)), (1 << 20, self.B))
         self.assertEqual(w.inUse, ENTRY_COST + len(self.B))
 
+    def slowStore(self, writeAt=None):
+        """Make the store's flushes (and its write at C{writeAt}) wait
+        for the test: returns the lists of their pending Deferreds."""
+        store = self.host.store
+        flushes, writes = [], []
+        realFlush, realWrite = store.flush, store.write
+
+        def slowFlush():
+            d = Deferred()
+            flushes.append(d)
+            return d.addCallback(lambda _: realFlush())
+
+        def slowWrite(offset, data):
+            if offset != writeAt:
+                return realWrite(offset, data)
+            d = Deferred()
+            writes.append(d)
+            data = bytes(data)
+            return d.addCallback(lambda _: realWrite(offset, data))
+        store.flush = slowFlush
+        store.write = slowWrite
+        return flushes, writes
+
+    def test_earlyFlushWritesFlowMeanwhile(self):
+        """At half the window the unit sends its own FLUSH; writes that
+        complete while it runs are reported at once (not held) as long
+        as the window has room."""
+        w = self.unit.window
+        w.limit = 1 << 20
+        flushes, _ = self.slowStore()
+        piece = 64 << 10
+        for i in range(8):                  # half the window
+            self.wait(self.unit.write(i * piece, self.A[:piece]))
+        self.wire.flush()
+        self.assertEqual((len(flushes), w.autoFlushes), (1, 1))
+        for i in range(8, 16):              # the other half
+            self.assertIsNone(self.wait(self.unit.write(
+                i * piece, self.B[:piece])))
+        self.assertEqual(w.held, [])
+        self.assertEqual(len(flushes), 1)   # one at a time
+        flushes.pop().callback(None)
+        self.wire.flush()
+        # The first flush released the 8 writes it covered; the 8 that
+        # came meanwhile fill half the window again, so the next flush
+        # went out.
+        self.assertEqual(len(w.entries), 8)
+        self.assertEqual(w.inUse, 8 * (piece + ENTRY_COST))
+        self.assertEqual((len(flushes), w.autoFlushes), (1, 2))
+        flushes.pop().callback(None)
+        self.wire.flush()
+        self.assertEqual((w.inUse, len(w.entries)), (0, 0))
+
+    def test_ownFlushDoesNotDrain(self):
+        """The window's own FLUSH goes out with a write still in
+        flight, and releases only what was acknowledged before it was
+        sent: the write acknowledged after it stays in the window (and
+        is replayed after a power loss)."""
+        w = self.unit.window
+        w.limit = 256 << 10
+        piece = 128 << 10
+        flushes, writes = self.slowStore(writeAt=3 << 20)
+        slow = self.unit.write(3 << 20, self.B[:piece])
+        self.wire.flush()
+        self.assertEqual(len(writes), 1)
+        self.assertIsNone(self.wait(self.unit.write(0, self.A[:piece])))
+        self.wire.flush()
+        self.assertEqual(len(flushes), 1)   # with the slow write pending
+        self.assertNoResult(slow)
+        writes.pop().callback(None)
+        self.assertIsNone(self.wait(slow))
+        flushes.pop().callback(None)
+        self.wire.flush()
+        self.assertEqual([(e[2], e[3]) for e in w.entries],
+                         [(3 << 20, piece)])
+        self.host.store.flush = self.host.store.__class__.flush.__get__(
+            self.host.store)
+        self.powerLoss()
+        self.boot(2)
+        self.assertIsNone(self.wait(self.unit.flush()))
+        got = readFile(self.path)
+        self.assertEqual(got[:piece], self.A[:piece])
+        self.assertEqual(got[3 << 20:(3 << 20) + piece], self.B[:piece])
+        self.assertEqual(w.replayedWrites, 1)
+
+    def test_clientFlushStillWaits(self):
+        """A caller's FLUSH is still a barrier: it reaches the store only
+        once every write sent before it has finished."""
+        flushes, writes = self.slowStore(writeAt=1 << 20)
+        slow = self.unit.write(1 << 20, self.B)
+        f = self.unit.flush()
+        self.wire.flush()
+        self.assertEqual((len(writes), len(flushes)), (1, 0))
+        writes.pop().callback(None)
+        self.wire.flush()
+        self.assertEqual(len(flushes), 1)
+        flushes.pop().callback(None)
+        self.assertIsNone(self.wait(slow))
+        self.assertIsNone(self.wait(f))
+        self.assertEqual(self.unit.window.inUse, 0)
+        self.assertEqual(readFile(self.path)[1 << 20:2 << 20], self.B)
+
     def test_failingFlushNeitherHangsNorGrows(self):
         """When the store cannot flush, writes into a full window still
         complete (each after one more flush attempt), the window stays

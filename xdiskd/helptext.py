@@ -32,6 +32,7 @@ LAYOUT: Dict[str, Tuple[str, str]] = {
     "store-threads": ("Exports", "N"),
     "inline-io": ("Exports", ""),
     "inline-write-max": ("Exports", "BYTES"),
+    "write-thread": ("Exports", "off|auto|all"),
     "seed-open-modes": ("Exports", ""),
     "no-import": ("Import", ""),
     "linger": ("Import", "SECONDS"),

@@ -215,8 +215,9 @@ class Options(usage.Options):
         ["unflushed-window", None, "64M",
          "Per unit, keep up to this much of the data written since the "
          "last completed flush, to replay it if the exporter's host "
-         "crashes or a failover lands on another node (e.g. 64M); when "
-         "full, the importer flushes before it acknowledges more.",
+         "crashes or a failover lands on another node (e.g. 64M); at "
+         "half of it the importer sends its own flush, and a full window "
+         "holds acknowledgements until a flush made room.",
          _sizeOption("unflushed-window")],
         ["unflushed", None, "replay",
          "What a lost unflushed window does (replay|fail): replay it "
@@ -230,6 +231,13 @@ class Options(usage.Options):
          "pages under the kernel's background limit); 0: always "
          "on the I/O threads.",
          _whole("inline-write-max", "bytes", 0, 1048576)],
+        ["write-thread", None, "auto",
+         "Export writes under 64 KiB that arrive together (two or more "
+         "in one read of the socket) or behind others not yet made go to "
+         "one writer thread per export, a batch per read; other writes "
+         "are made as with off (auto); every write goes to it (all); no "
+         "writer thread (off).",
+         _choice("write-thread", "off", "auto", "all")],
         ["poll-us", None, 100,
          "Busy-poll for I/O up to this many microseconds before sleeping, "
          "adapting to how soon events come (0: always sleep at once).  "

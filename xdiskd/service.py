@@ -146,7 +146,8 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
             try:
                 store = openStore(spec, reactor, pool.pool,
                                   inline=options["inline-io"],
-                                  inlineWriteMax=options["inline-write-max"])
+                                  inlineWriteMax=options["inline-write-max"],
+                                  writeThread=options["write-thread"])
             except StoreError as e:
                 raise usage.UsageError("--export %s: %s" % (given, e))
             exporter.add(spec, store)

@@ -176,6 +176,19 @@ class Sender:
         return self._twistedDoWrite()
 
 
+def collect(obj: Any) -> bool:
+    """
+    Inside a batch scope, have C{obj.flush()} called when the outermost
+    scope ends (after the L{Sender}s queued before it), and return True;
+    outside one return False (the caller does it now).  The export's
+    writer thread hands over one read's writes this way.
+    """
+    if not _depth:
+        return False
+    _dirty.append(obj)
+    return True
+
+
 def beginBatch() -> None:
     global _depth
     _depth += 1

@@ -594,7 +594,8 @@ class XAUnit:
             if len(self.inflight) >= self.maxTags - 1:
                 return        # all tags busy (the open holds one)
             if chunk.cmd == C.BLK_FLUSH and self.inflight and min(
-                    c.seq for c in self.inflight.values()) < chunk.seq:
+                    c.seq for c in self.inflight.values()) < chunk.seq and (
+                    self.window.barrier(chunk)):
                 return        # barrier: earlier I/O still in flight
             if chunk.notBefore:
                 now = self.reactor.seconds()
@@ -692,6 +693,8 @@ class XAUnit:
         txn.data = chunk
         chunk.txn = txn
         self.inflight[txn] = chunk
+        if chunk.cmd == C.BLK_FLUSH:
+            self.window.issued(chunk)     # what it covers (xa/window.py)
         return True
 
     def _ioMessage(self, txn: Transaction, msg: Message) -> None:

@@ -11,18 +11,27 @@ the same shared disk, loses it.  So the unit keeps, per open:
   - every WRITE (range and data) and FREEBLKS (range only; NBD TRIM and
     WRITE_ZEROES end up as one of the two) the exporter acknowledged
     since the last FLUSH that completed on the current open;
-  - a completed FLUSH releases what was acknowledged before it was issued
-    (the unit issues a FLUSH only once everything before it in the issue
-    order has finished, so that is every entry with a lower sequence
-    number); an NBD FUA write is a write then a flush (nbd.commands), so
-    it is released the same way;
+  - a completed FLUSH releases exactly what the unit had seen
+    acknowledged when it sent that FLUSH (L{UnflushedWindow.issued}
+    records the mark): the exporter acknowledged those writes, after
+    they were in its page cache, before it received the FLUSH on the
+    same open, so the FLUSH's fdatasync (or DragonFly's cache flush)
+    covers them.  An NBD FUA write is a write then a flush
+    (nbd.commands), so it is released the same way.  A caller's FLUSH
+    is still a barrier in the unit (issued once everything numbered
+    before it finished, NBD's promise and more); the window's own FLUSH
+    is not: it goes out at once, with writes in flight, and covers what
+    was acknowledged before it;
   - the window is bounded (C{limit} bytes of data plus L{ENTRY_COST} per
-    entry): a completion that finds it full is held back (not reported to
-    the caller) and the unit sends its own FLUSH; the held completions
-    are reported once a flush made room.  A client that never flushes
-    thus runs at the speed of one FLUSH per window, in bounded memory:
-    the window plus the held completions' buffers, which the unit's
-    congestion limit (32 MiB of requests accepted) bounds.
+    entry).  At half the limit the unit sends its own FLUSH, one at a
+    time, while writes keep completing into the other half; a completion that finds the window full is held back (not
+    reported to the caller, a FLUSH is on its way) and reported once a
+    flush made room.  A client that never flushes thus runs at full
+    speed while a FLUSH of half a window takes less time than writing
+    the other half, and at the speed of the flushes otherwise, in
+    bounded memory: the window plus the held completions' buffers,
+    which the unit's congestion limit (32 MiB of requests accepted)
+    bounds.
 
 When an open was lost and the new open is on a path whose exporter
 states a different incarnation (L{xdiskd.export.incarnation}) than the
@@ -78,6 +87,12 @@ _NEVER = float("inf")
 
 # (seq, cmd, offset, length, data): an acknowledged write or trim.
 Entry = Tuple[int, int, int, int, Any]
+# What a FLUSH covers: (entries ever added, completions ever held) when
+# it was sent.
+Mark = Tuple[int, int]
+#: Marks of flushes no longer in flight are pruned beyond this many (a
+#: flush that failed leaves its mark behind).
+MARKS_MAX = 128
 
 
 class UnflushedWindow:
@@ -86,7 +101,10 @@ class UnflushedWindow:
 
     @ivar entries: acknowledged entries not yet released, in completion
         order (a flush releases a prefix: see L{_release}).
-    @ivar held: completed chunks whose completion waits for room.
+    @ivar held: completed chunks whose completion waits for room, in
+        completion order.
+    @ivar limit: bytes the window holds at most; at half of it the window
+        sends its own FLUSH.
     @ivar inUse: bytes charged for C{entries}.
     @ivar home: the incarnation every entry is held in (0: unknown).
     @ivar current: the incarnation of the current open (0: none stated).
@@ -111,6 +129,11 @@ class UnflushedWindow:
         self.entries: Deque[Entry] = deque()
         self.held: List[Chunk] = []
         self.inUse = 0
+        # Entries ever added and completions ever held: entries[i] is
+        # number _added - len(entries) + 1 + i (removals are prefixes).
+        self._added = 0
+        self._heldCount = 0
+        self._marks: Dict[Chunk, Mark] = {}
         self.home = 0
         self.current = 0
         self.lost = False
@@ -156,10 +179,27 @@ class UnflushedWindow:
             # Full: the exporter has it, the caller hears of it once a
             # flush made room (the chunk keeps its data meanwhile).
             self.held.append(chunk)
+            self._heldCount += 1
             self._flushSoon()
             return True
         self._add(chunk)
+        if self.inUse * 2 >= self.limit and not self._flushing:
+            self._flushSoon()      # early: half the window is in use
         return False
+
+    def issued(self, chunk: Chunk) -> None:
+        """The unit sent the FLUSH C{chunk}: it covers what was
+        acknowledged so far (the latest send counts, after a re-queue)."""
+        marks = self._marks
+        if len(marks) >= MARKS_MAX:
+            for c in [c for c in marks if c.txn is None]:
+                del marks[c]
+        marks[chunk] = (self._added, self._heldCount)
+
+    def barrier(self, chunk: Chunk) -> bool:
+        """Whether the FLUSH C{chunk} waits for everything numbered
+        before it to finish: every flush but the window's own."""
+        return chunk.request.done != self._autoFlushed
 
     def _add(self, chunk: Chunk) -> None:
         if chunk.cmd == C.BLK_WRITE:
@@ -170,18 +210,20 @@ class UnflushedWindow:
             self.entries.append((chunk.seq, chunk.cmd, chunk.offset,
                                  chunk.length, None))
             self.inUse += ENTRY_COST
+        self._added += 1
         if self.inUse > self.peak:
             self.peak = self.inUse
 
     def _flushed(self, chunk: Chunk) -> bool:
+        mark = self._marks.pop(chunk, None)
         if self._failNextFlush and self._clientFlush(chunk):
             self._failNextFlush = False
             chunk.request.chunkFailed(chunk, Failure(UnflushedLostError(
                 "%s: writes acknowledged before this flush were lost with "
                 "the exporter (--unflushed fail)" % (self.unit.name,))))
             return True
-        if self._replay is None:
-            self._release(chunk.seq)
+        if self._replay is None and mark is not None:
+            self._release(mark)
         return False
 
     def _clientFlush(self, chunk: Chunk) -> bool:
@@ -190,44 +232,37 @@ class UnflushedWindow:
         return not req.probe and req.done != self._autoFlushed and (
             req is not self._replayFlush)
 
-    def _release(self, seq: int) -> None:
-        """A flush numbered C{seq} completed: release what it covers."""
+    def _release(self, mark: Mark) -> None:
+        """A flush sent at C{mark} completed: release what it covers."""
+        added, heldCount = mark
         entries = self.entries
         freed = 0
-        # The unit issued the flush only once every chunk numbered below
-        # it had finished, and nothing numbered above it before it: the
-        # covered entries are a prefix (a re-queue can break that; the
-        # scan below catches it).
-        while entries and entries[0][0] < seq:
+        # Entries are added in completion order and only ever removed
+        # from the front (or all at once): those the flush covers are
+        # the oldest len(entries) - (added since the mark).
+        n = len(entries) - (self._added - added)
+        while n > 0:
             e = entries.popleft()
             freed += ENTRY_COST + (e[3] if e[4] is not None else 0)
-        if entries and min(e[0] for e in entries) < seq:
-            keep: Deque[Entry] = deque()
-            for e in entries:
-                if e[0] < seq:
-                    freed += ENTRY_COST + (e[3] if e[4] is not None else 0)
-                else:
-                    keep.append(e)
-            self.entries = keep
+            n -= 1
         self.inUse -= freed
         if self.held:
-            self._admit(seq)
+            self._admit(heldCount)
 
-    def _admit(self, seq: int) -> None:
-        """Report held completions: those the flush C{seq} covered, and
-        the rest while the window has room for them."""
-        held, self.held = self.held, []
-        later: List[Chunk] = []
-        ready: List[Chunk] = []
-        for chunk in held:
-            (ready if chunk.seq < seq else later).append(chunk)
-        later.sort()
-        while later and self.inUse < self.limit:
-            chunk = later.pop(0)
-            self._add(chunk)
-            ready.append(chunk)
-        self.held = later
-        if later:
+    def _admit(self, heldCount: int) -> None:
+        """Report held completions: those the flush sent when
+        C{heldCount} completions had been held covered, then the rest
+        while the window has room for them."""
+        held = self.held
+        covered = max(0, len(held) - (self._heldCount - heldCount))
+        ready = held[:covered]
+        i = covered
+        while i < len(held) and self.inUse < self.limit:
+            self._add(held[i])
+            ready.append(held[i])
+            i += 1
+        self.held = held[i:]
+        if self.held or (self.entries and self.inUse * 2 >= self.limit):
             self._flushSoon()
         for chunk in ready:
             chunk.request.chunkDone(chunk, None)
@@ -242,7 +277,12 @@ class UnflushedWindow:
 
     def _autoFlushed(self, _: Any, failure: Optional[Failure]) -> None:
         self._flushing = False
-        if failure is not None and self.held:
+        if failure is None:
+            if self.held or (self.entries and self.inUse * 2 >= self.limit):
+                # More came in meanwhile than a flush may leave.
+                self._flushSoon()
+            return
+        if self.held:
             # The store cannot make them durable.  The writes themselves
             # succeeded; their callers get on, and the client's own next
             # FLUSH fails the same way.  The window stays full, so each
