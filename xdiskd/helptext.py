@@ -38,6 +38,7 @@ LAYOUT: Dict[str, Tuple[str, str]] = {
     "linger": ("Import", "SECONDS"),
     "stall-timeout": ("Import", "SECONDS"),
     "unflushed-window": ("Import", "SIZE"),
+    "unflushed-memory": ("Import", "SIZE"),
     "unflushed": ("Import", "replay|fail"),
     "max-io": ("Import", "BYTES"),
     "readonly-unit": ("Import", "NAME"),

@@ -33,7 +33,8 @@ from xdiskd.dmsg.wire import LnkSpan
 from xdiskd.interfaces import IBlockDeviceRegistry
 from xdiskd.labels import parse, show, unitKey
 from xdiskd.xa.unit import DEFAULT_MAX_IO, MAXTAGS, XAUnit
-from xdiskd.xa.window import DEFAULT_WINDOW, MODES, REPLAY
+from xdiskd.xa.window import (
+    DEFAULT_BUDGET, DEFAULT_WINDOW, MODES, REPLAY, WindowBudget)
 
 DEFAULT_LINGER = 60.0
 #: Smallest maximum I/O a path may state (with the sector size, if larger).
@@ -62,7 +63,8 @@ class Importer:
                  maxIO: int = DEFAULT_MAX_IO, maxTags: int = MAXTAGS,
                  readOnly: Any = (), stallTimeout: float = 0.0,
                  pathCheck: float = 0.0, window: int = DEFAULT_WINDOW,
-                 unflushed: str = REPLAY) -> None:
+                 unflushed: str = REPLAY,
+                 windowMemory: int = DEFAULT_BUDGET) -> None:
         if not 512 <= maxIO <= C.AUX_MAX:
             raise ValueError("max I/O size %d not in 512..%d" % (
                 maxIO, C.AUX_MAX))
@@ -71,6 +73,8 @@ class Importer:
                 window, unflushed))
         self.window = window
         self.unflushed = unflushed
+        #: What all units' unflushed windows hold together.
+        self.windowBudget = WindowBudget(windowMemory)
         self.reactor = reactor
         self.linger = linger
         self.maxIO = maxIO
@@ -204,6 +208,7 @@ class Importer:
                       ext.media_bytes, blksize, self.maxIO, self.maxTags,
                       readOnly=readOnly, stallTimeout=self.stallTimeout,
                       window=self.window, unflushed=self.unflushed)
+        unit.window.join(self.windowBudget)
         unit.createdBy = link
         self._created[link] = self._created.get(link, 0) + 1
         self.units[key] = unit
