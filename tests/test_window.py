@@ -458,3 +458,91 @@ class OptionTests(TestCase):
                            imp)]
         w = imp.importer.lookup("xa0").window
         self.assertEqual((w.limit, w.mode), (8 << 20, "fail"))
+
+
+class BudgetTests(TestCase):
+    """--unflushed-memory: what all units' windows hold together."""
+
+    budget = 4 << 20
+    chunk = 64 << 10
+
+    def setUp(self):
+        self.imp, self.clock = importerNode(window=64 << 20,
+                                            windowMemory=self.budget)
+        self.wires = {}
+        self.units = {}
+        for serial in ("serno/BA", "serno/BB"):
+            path = makeImage(self, 16 << 20)
+            node = exporterNode(self, [(serial, path, False)])
+            self.wires[serial] = Wire(node, self.imp)
+            unit = self.units[serial] = self.imp.importer.lookup(serial)
+            pump(list(self.wires.values()), unit.open())
+
+    def wait(self, d):
+        return pump(list(self.wires.values()), d)
+
+    def writeMany(self, unit, total, base=0):
+        data = os.urandom(self.chunk)
+        return [unit.write(base + off, data)
+                for off in range(0, total, self.chunk)]
+
+    def test_budgetBoundsAllWindows(self):
+        """
+        Two units written 8 MiB each without a flush, windows of 64 MiB
+        and 4 MiB for both together: every write completes, the windows
+        flushed on their own long before half of their 64 MiB, and
+        together they never held much over the budget (each may run one
+        write past it before it holds).
+        """
+        budget = self.imp.importer.windowBudget
+        a, b = self.units.values()
+        ds = self.writeMany(a, 8 << 20) + self.writeMany(b, 8 << 20)
+        for d in ds:
+            self.assertIsNone(self.wait(d))
+        slack = 2 * (self.chunk + ENTRY_COST)
+        self.assertLessEqual(budget.peak, self.budget + slack)
+        self.assertGreater(budget.peak, self.budget // 2)
+        self.assertGreater(a.window.autoFlushes, 0)
+        self.assertGreater(b.window.autoFlushes, 0)
+        self.assertLess(max(a.window.peak, b.window.peak), 8 << 20)
+
+    def test_stalledUnitDoesNotStopOthers(self):
+        """
+        A unit whose path is gone keeps 5 MiB it cannot flush, more than
+        the 4 MiB for all units; another
+        unit keeps writing: its window is never held below FLOOR for
+        the other's sake, so it flushes on its own and finishes.
+        """
+        from xdiskd.xa.window import FLOOR
+        budget = self.imp.importer.windowBudget
+        a, b = self.units["serno/BA"], self.units["serno/BB"]
+        budget.limit = 0            # B keeps all 5 MiB (no flush yet)
+        for d in self.writeMany(b, 5 << 20):
+            self.assertIsNone(self.wait(d))
+        self.wires["serno/BB"].kill()
+        budget.limit = self.budget
+        self.assertEqual(b.state, "stalled")
+        kept = b.window.inUse
+        self.assertGreaterEqual(kept, 5 << 20)
+        # Below FLOOR nothing of A's is held back for B's sake.
+        for d in self.writeMany(a, 512 << 10):
+            self.assertIsNone(self.wait(d))
+        self.assertEqual(a.window._heldCount, 0)
+        ds = self.writeMany(a, 8 << 20, base=512 << 10)
+        for d in ds:
+            self.assertIsNone(self.wait(d))
+        self.assertEqual(b.window.inUse, kept)
+        self.assertLessEqual(a.window.peak,
+                             FLOOR + self.chunk + ENTRY_COST)
+        self.assertGreater(a.window.autoFlushes, 0)
+        self.assertLessEqual(budget.peak, kept + FLOOR + self.chunk
+                             + ENTRY_COST)
+
+    def test_noBudget(self):
+        """0: no daemon-wide bound; each window only by its own limit."""
+        self.imp.importer.windowBudget.limit = 0
+        a = self.units["serno/BA"]
+        for d in self.writeMany(a, 8 << 20):
+            self.assertIsNone(self.wait(d))
+        self.assertEqual(a.window.autoFlushes, 0)
+        self.assertGreaterEqual(a.window.inUse, 8 << 20)

@@ -39,6 +39,7 @@ LAYOUT: Dict[str, Tuple[str, str]] = {
     "max-units": ("Import", "N"),
     "stall-timeout": ("Import", "SECONDS"),
     "unflushed-window": ("Import", "SIZE"),
+    "unflushed-memory": ("Import", "SIZE"),
     "unflushed": ("Import", "replay|fail"),
     "max-io": ("Import", "BYTES"),
     "readonly-unit": ("Import", "NAME"),

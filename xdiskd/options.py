@@ -219,6 +219,12 @@ class Options(usage.Options):
          "half of it the importer sends its own flush, and a full window "
          "holds acknowledgements until a flush made room.",
          _sizeOption("unflushed-window")],
+        ["unflushed-memory", None, "256M",
+         "What the unflushed windows of all units may hold together "
+         "(e.g. 256M; 0: no daemon-wide bound).  Past half of it every "
+         "unit holding over 512K flushes; at it, units holding 1M or more "
+         "flush before they acknowledge more.",
+         _sizeOption("unflushed-memory")],
         ["unflushed", None, "replay",
          "What a lost unflushed window does (replay|fail): replay it "
          "before any other I/O, or fail the held writes and the next "
@@ -353,9 +359,9 @@ class Options(usage.Options):
             self._loadConfig(self["config"])
         if not self["hostname"]:
             self["hostname"] = socket.gethostname()
-        if not isinstance(self["unflushed-window"], int):
-            self["unflushed-window"] = _sizeOption("unflushed-window")(
-                str(self["unflushed-window"]))
+        for name in ("unflushed-window", "unflushed-memory"):
+            if not isinstance(self[name], int):
+                self[name] = _sizeOption(name)(str(self[name]))
         images = []
         for spec in self["image"]:
             path, sep, size = spec.rpartition("=")

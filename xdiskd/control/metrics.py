@@ -106,6 +106,11 @@ def _units(r: Registry, importer: Any) -> None:
                   "unit's (mismatch), the link's units limit (units) or the "
                   "importer's (max-units).",
                   {"reason": reason}, n)
+    budget = importer.windowBudget
+    r.gauge("xdiskd_unflushed_bytes", "What all units' unflushed windows "
+            "hold together (--unflushed-memory).", {}, budget.used)
+    r.gauge("xdiskd_unflushed_limit_bytes", "--unflushed-memory (0: no "
+            "bound).", {}, budget.limit)
     for unit in importer.devices():
         snap = unit.snapshot()
         stats = snap["stats"]

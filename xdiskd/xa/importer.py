@@ -34,7 +34,8 @@ from xdiskd.dmsg.wire import LnkSpan
 from xdiskd.interfaces import IBlockDeviceRegistry
 from xdiskd.labels import parse, show, unitKey
 from xdiskd.xa.unit import DEFAULT_MAX_IO, MAXTAGS, XAUnit
-from xdiskd.xa.window import DEFAULT_WINDOW, MODES, REPLAY
+from xdiskd.xa.window import (
+    DEFAULT_BUDGET, DEFAULT_WINDOW, MODES, REPLAY, WindowBudget)
 
 DEFAULT_LINGER = 60.0
 #: Units one importer holds at most, whatever link made them (the
@@ -68,7 +69,8 @@ class Importer:
                  readOnly: Any = (), stallTimeout: float = 0.0,
                  pathCheck: float = 0.0, window: int = DEFAULT_WINDOW,
                  unflushed: str = REPLAY,
-                 maxUnits: int = DEFAULT_MAX_UNITS) -> None:
+                 maxUnits: int = DEFAULT_MAX_UNITS,
+                 windowMemory: int = DEFAULT_BUDGET) -> None:
         if not 512 <= maxIO <= C.AUX_MAX:
             raise ValueError("max I/O size %d not in 512..%d" % (
                 maxIO, C.AUX_MAX))
@@ -80,6 +82,8 @@ class Importer:
         self.window = window
         self.unflushed = unflushed
         self.maxUnits = maxUnits
+        #: What all units' unflushed windows hold together.
+        self.windowBudget = WindowBudget(windowMemory)
         self.reactor = reactor
         self.linger = linger
         self.maxIO = maxIO
@@ -241,6 +245,7 @@ class Importer:
                       ext.media_bytes, blksize, self.maxIO, self.maxTags,
                       readOnly=readOnly, stallTimeout=self.stallTimeout,
                       window=self.window, unflushed=self.unflushed)
+        unit.window.join(self.windowBudget)
         unit.createdBy = link
         self._created[link] = self._created.get(link, 0) + 1
         self.units[key] = unit

@@ -64,6 +64,7 @@ request, and WRITE_ZEROES writes views of one constant zero buffer.
 
 from __future__ import annotations
 
+import weakref
 from collections import deque
 from time import perf_counter
 from typing import Any, Deque, Dict, List, Optional, Tuple
@@ -76,6 +77,12 @@ from xdiskd.errors import UnflushedLostError
 from xdiskd.xa.request import Chunk, Request
 
 DEFAULT_WINDOW = 64 << 20
+#: What the windows of all units may hold together (--unflushed-memory).
+DEFAULT_BUDGET = 256 << 20
+#: What a window may always hold, whatever the others hold: a unit
+#: keeps writing (a FLUSH per MiB at worst) while stalled units' windows
+#: fill the daemon's budget.
+FLOOR = 1 << 20
 #: Bytes charged per retained write or trim besides its data (the entry
 #: and its bookkeeping), so many tiny trims are bounded too.
 ENTRY_COST = 128
@@ -93,6 +100,60 @@ Mark = Tuple[int, int]
 #: Marks of flushes no longer in flight are pruned beyond this many (a
 #: flush that failed leaves its mark behind).
 MARKS_MAX = 128
+
+
+class WindowBudget:
+    """
+    The bytes all units' windows hold together, bounded daemon-wide
+    (C{--unflushed-memory}): N units written without flushes would
+    otherwise hold N windows.
+
+    Past half of it, every window holding over half of L{FLOOR} sends
+    its own FLUSH (as past half of its own limit); at the limit, windows
+    that hold L{FLOOR} or more hold completions as when they are full
+    themselves.  A window below L{FLOOR} is never held for the others, so
+    units whose windows cannot drain (no path) slow the others down to a
+    FLUSH per MiB at worst, never stop them; memory is bounded by the
+    budget plus L{FLOOR} per unit being written.  When the budget drops
+    below its limit, the other windows holding completions are told.
+
+    @ivar limit: bytes; 0 means no daemon-wide bound.
+    @ivar used: bytes charged by all windows.
+    """
+
+    def __init__(self, limit: int = 0) -> None:
+        if limit < 0:
+            raise ValueError("unflushed memory of %d bytes" % (limit,))
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+        self.presses = 0
+        self.windows: "weakref.WeakSet[UnflushedWindow]" = weakref.WeakSet()
+
+    def full(self) -> bool:
+        return bool(self.limit) and self.used >= self.limit
+
+    def half(self) -> bool:
+        return bool(self.limit) and self.used * 2 >= self.limit
+
+    def charge(self, window: "UnflushedWindow", n: int) -> None:
+        """C{window} holds C{n} bytes more (less, if negative)."""
+        before = self.used
+        self.used += n
+        if self.used > self.peak:
+            self.peak = self.used
+        if not self.limit:
+            return
+        half = self.limit / 2
+        if n > 0 and before < half <= self.used:
+            self.presses += 1
+            for w in list(self.windows):
+                if w is not window and w._half():
+                    w._flushSoon()
+        elif n < 0 and before >= self.limit > self.used:
+            for w in list(self.windows):
+                if w is not window and w.held:
+                    w._fill()
 
 
 class UnflushedWindow:
@@ -117,7 +178,8 @@ class UnflushedWindow:
     log = Logger()
 
     def __init__(self, unit: Any, limit: int = DEFAULT_WINDOW,
-                 mode: str = REPLAY) -> None:
+                 mode: str = REPLAY,
+                 budget: Optional[WindowBudget] = None) -> None:
         if mode not in MODES:
             raise ValueError("unflushed mode %r not in %s" % (
                 mode, "|".join(MODES)))
@@ -129,6 +191,9 @@ class UnflushedWindow:
         self.entries: Deque[Entry] = deque()
         self.held: List[Chunk] = []
         self.inUse = 0
+        self._floor = min(limit, FLOOR)
+        self.budget = WindowBudget()
+        self.join(budget or self.budget)
         # Entries ever added and completions ever held: entries[i] is
         # number _added - len(entries) + 1 + i (removals are prefixes).
         self._added = 0
@@ -156,6 +221,29 @@ class UnflushedWindow:
         self.autoFlushes = 0
         self.lostWindows = 0
 
+    def join(self, budget: WindowBudget) -> None:
+        """Count this window against C{budget} (the daemon's)."""
+        self.budget.windows.discard(self)
+        self.budget.charge(self, -self.inUse)
+        self.budget = budget
+        budget.windows.add(self)
+        budget.charge(self, self.inUse)
+
+    def _charge(self, n: int) -> None:
+        self.inUse += n
+        self.budget.charge(self, n)
+
+    def _full(self) -> bool:
+        """No room: this window's limit, or the daemon's (past FLOOR)."""
+        return self.inUse >= self.limit or (
+            self.budget.full() and self.inUse >= self._floor)
+
+    def _half(self) -> bool:
+        """Time for our own FLUSH (while none is in flight)."""
+        return bool(self.entries) and (
+            self.inUse * 2 >= self.limit
+            or (self.budget.half() and self.inUse * 2 >= self._floor))
+
     # ---------------------------------------------------------------
     # Completions (XAUnit._ioMessage)
 
@@ -175,7 +263,7 @@ class UnflushedWindow:
             self.home = self.current
         elif self.home != self.current:
             self.home = 0
-        if self.inUse >= self.limit or self.held:
+        if self._full() or self.held:
             # Full: the exporter has it, the caller hears of it once a
             # flush made room (the chunk keeps its data meanwhile).
             self.held.append(chunk)
@@ -183,7 +271,7 @@ class UnflushedWindow:
             self._flushSoon()
             return True
         self._add(chunk)
-        if self.inUse * 2 >= self.limit and not self._flushing:
+        if self._half() and not self._flushing:
             self._flushSoon()      # early: half the window is in use
         return False
 
@@ -205,11 +293,11 @@ class UnflushedWindow:
         if chunk.cmd == C.BLK_WRITE:
             self.entries.append((chunk.seq, C.BLK_WRITE, chunk.offset,
                                  chunk.length, chunk.data))
-            self.inUse += ENTRY_COST + chunk.length
+            self._charge(ENTRY_COST + chunk.length)
         else:
             self.entries.append((chunk.seq, chunk.cmd, chunk.offset,
                                  chunk.length, None))
-            self.inUse += ENTRY_COST
+            self._charge(ENTRY_COST)
         self._added += 1
         if self.inUse > self.peak:
             self.peak = self.inUse
@@ -245,7 +333,7 @@ class UnflushedWindow:
             e = entries.popleft()
             freed += ENTRY_COST + (e[3] if e[4] is not None else 0)
             n -= 1
-        self.inUse -= freed
+        self._charge(-freed)
         if self.held:
             self._admit(heldCount)
 
@@ -257,12 +345,26 @@ class UnflushedWindow:
         covered = max(0, len(held) - (self._heldCount - heldCount))
         ready = held[:covered]
         i = covered
-        while i < len(held) and self.inUse < self.limit:
+        while i < len(held) and not self._full():
             self._add(held[i])
             ready.append(held[i])
             i += 1
         self.held = held[i:]
-        if self.held or (self.entries and self.inUse * 2 >= self.limit):
+        if self._half() or self.held:
+            self._flushSoon()
+        for chunk in ready:
+            chunk.request.chunkDone(chunk, None)
+
+    def _fill(self) -> None:
+        """The daemon's budget has room again: report held completions
+        while there is room (L{WindowBudget.charge})."""
+        held = self.held
+        i = 0
+        while i < len(held) and not self._full():
+            self._add(held[i])
+            i += 1
+        ready, self.held = held[:i], held[i:]
+        if self._half() and not self._flushing:
             self._flushSoon()
         for chunk in ready:
             chunk.request.chunkDone(chunk, None)
@@ -278,7 +380,7 @@ class UnflushedWindow:
     def _autoFlushed(self, _: Any, failure: Optional[Failure]) -> None:
         self._flushing = False
         if failure is None:
-            if self.held or (self.entries and self.inUse * 2 >= self.limit):
+            if self._half() or self.held:
                 # More came in meanwhile than a flush may leave.
                 self._flushSoon()
             return
@@ -339,7 +441,7 @@ class UnflushedWindow:
         lost = self.lost
         held, self.held = self.held, []
         self.entries = deque()
-        self.inUse = 0
+        self._charge(-self.inUse)
         self.lost = False
         self._failNextFlush = False
         for chunk in held:
@@ -358,7 +460,7 @@ class UnflushedWindow:
         size = sum(e[3] for e in self.entries if e[4] is not None) + sum(
             c.length for c in held if c.cmd == C.BLK_WRITE)
         self.entries = deque()
-        self.inUse = 0
+        self._charge(-self.inUse)
         self.lostWindows += 1
         flushes = [c for c in unit.queue
                    if c.cmd == C.BLK_FLUSH and self._clientFlush(c)]
@@ -459,7 +561,7 @@ class UnflushedWindow:
                           size=self._replayBytes, t=took)
             held, self.held = self.held, []
             self.entries = deque()
-            self.inUse = 0
+            self._charge(-self.inUse)
             for chunk in held:
                 chunk.request.chunkDone(chunk, None)
         self.unit._kick()
