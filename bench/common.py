@@ -54,12 +54,13 @@ class Proc:
         return 0
 
 
-def xdiskd(name, args, workdir, repo=REPO, prefix=()):
+def xdiskd(name, args, workdir, repo=REPO, prefix=(), env=None):
     """
     A daemon of the xdiskd in C{repo} (another tree for an A/B); C{prefix}
-    runs it under e.g. C{ip netns exec NS}.
+    runs it under e.g. C{ip netns exec NS}; C{env} adds environment
+    variables (e.g. C{XDISKD_PURE=1}: the pure-Python build).
     """
-    env = dict(os.environ, PYTHONPATH=repo)
+    env = dict(os.environ, PYTHONPATH=repo, **(env or {}))
     state = os.path.join(workdir, name + ".state")
     os.makedirs(state, exist_ok=True)
     cmd = list(prefix) + [

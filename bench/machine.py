@@ -128,6 +128,12 @@ def versions():
             "fio": fio or "-", "nbdkit": nbdkit or "-"}
 
 
+def build():
+    """xdiskd/compiled.py's line for this tree (XDISKD_PURE as set)."""
+    return _cmd([sys.executable, "-c", "from xdiskd.compiled import "
+                 "describe; print(describe())"], cwd=REPO) or "?"
+
+
 def describe(files=(), sample=1.0):
     """
     Markdown lines describing the machine now (call at the start of a
@@ -151,6 +157,7 @@ def describe(files=(), sample=1.0):
             "MemTotal", "MemAvailable", "Dirty", "Writeback")),
         "- versions: Python %s, Twisted %s, %s, %s" % (
             v["python"], v["twisted"], v["fio"], v["nbdkit"]),
+        "- build of this tree's hot modules: %s" % (build(),),
         "- commit: %s; command: `%s`" % (
             gitCommit(), " ".join([os.path.relpath(sys.argv[0], REPO)]
                                   + sys.argv[1:])),

@@ -15,6 +15,11 @@ Topologies
                            given to both daemons, measured alongside;
             xdiskd-2hop-unix@/tmp/old: the daemons of another tree
                            (git archive of a commit), for a before/after
+            xdiskd-2hop-unix+XDISKD_PURE=1: a +NAME=VALUE (no leading
+                           dash) is an environment variable for both
+                           daemons instead: here the pure-Python build
+                           of a tree with compiled modules
+                           (xdiskd/compiled.py)
 
 Every run records the machine (bench/machine.py: CPU, kernel, nproc,
 load and steal at start, memory, versions, commit, page-cache state of
@@ -103,6 +108,9 @@ def startAll(d, img, which):
                 "unix", "tcp"):
             continue
         opts = extra.split("+") if extra else []
+        env = dict(o.split("=", 1) for o in opts
+                   if "=" in o and not o.startswith("-"))
+        opts = [o for o in opts if o.startswith("-") or "=" not in o]
         tag = "%s%d" % (kind, n)
         if kind == "unix":
             lst = con = "unix:" + os.path.join(d, "e%s.sock" % tag)
@@ -114,9 +122,10 @@ def startAll(d, img, which):
         repo = os.path.abspath(tree) if tree else REPO
         t[name] = Topology(name, [
             xdiskd("exp-" + tag, ["--no-import", "--listen", lst,
-                                  "--export", "b=" + img] + opts, d, repo),
+                                  "--export", "b=" + img] + opts, d, repo,
+                   env=env),
             xdiskd("imp-" + tag, ["--connect", con, "--nbd", "unix:" + s]
-                   + opts, d, repo)], "nbd+unix:///xa0?socket=" + s)
+                   + opts, d, repo, env=env)], "nbd+unix:///xa0?socket=" + s)
     if "nbdkit-2hop" in which:
         s1 = os.path.join(d, "k2a.sock")
         s2 = os.path.join(d, "k2b.sock")
@@ -174,7 +183,8 @@ def main():
     ap.add_argument("--topologies", help=(
         "comma-separated; a 2-hop xdiskd name may end in +OPTION "
         "(repeatable, e.g. xdiskd-2hop-unix+--poll-us=0): a variant "
-        "whose daemons get those options; NAME@TREE runs the daemons of "
+        "whose daemons get those options (+NAME=VALUE: an environment "
+        "variable, e.g. +XDISKD_PURE=1); NAME@TREE runs the daemons of "
         "another source tree"), default=",".join(
         ["xdiskd-1hop", "nbdkit-1hop", "qemu-nbd-1hop", "xdiskd-2hop-unix",
          "xdiskd-2hop-tcp", "nbdkit-2hop"]))

@@ -367,7 +367,8 @@ class VersionAndHelpTests(SynchronousTestCase):
     def test_daemonVersion(self):
         out = self.run_([TWISTD, "xdiskd", "--version"])
         self.assertRegex(out, r"^xdiskd %s \(Twisted [\d.]+\w*, Python "
-                              r"3\.[\d.]+\)\n$" % (re.escape(__version__),))
+                              r"3\.[\d.]+\)\ncompiled: (yes|no|partial) "
+                              r"\(.+\)\n$" % (re.escape(__version__),))
 
     def test_cliVersion(self):
         out = self.run_([sys.executable, "-m", "xdiskd.cli", "--version"])

@@ -41,6 +41,32 @@ class TrialSummaryTests(SynchronousTestCase):
             "FAILED (errors=1, successes=5)\n"),
             (1, "5 passed, 1 failed, 0 skipped\n"))
 
+    def test_severalRuns(self):
+        """scripts/test's two trial runs (the suite, the compiled pass):
+        counts added; one failed run fails the whole; one without a
+        summary gives no count at all."""
+        import tempfile
+        d = tempfile.mkdtemp()
+        self.addCleanup(__import__("shutil").rmtree, d, True)
+        paths = []
+        for n, text in enumerate(("PASSED (skips=1, successes=4)\n",
+                                  "FAILED (failures=1, successes=2)\n",
+                                  "killed\n")):
+            paths.append(os.path.join(d, "%d.out" % n))
+            with open(paths[-1], "w") as f:
+                f.write(text)
+
+        def run(*files):
+            p = subprocess.run([sys.executable, SCRIPT] + list(files),
+                               capture_output=True, timeout=30)
+            return p.returncode, p.stdout.decode()
+        self.assertEqual(run(paths[0], paths[0]),
+                         (0, "8 passed, 0 failed, 2 skipped\n"))
+        self.assertEqual(run(paths[0], paths[1]),
+                         (1, "6 passed, 1 failed, 1 skipped\n"))
+        self.assertEqual(run(paths[0], paths[2]),
+                         (2, "no test summary from trial\n"))
+
     def test_noSummary(self):
         """trial killed or crashed before its summary: no made-up count."""
         self.assertEqual(summarize("Traceback (most recent call last):\n"),

@@ -145,11 +145,17 @@ def _named(option: str, coerce: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def versionText() -> str:
-    """C{xdiskd 0.1.0 (Twisted 26.10.0, Python 3.11.7)}."""
+    """
+    C{xdiskd 0.1.0 (Twisted 26.10.0, Python 3.11.7)} and a second line,
+    which build of the hot modules is loaded: C{compiled: no (...)}
+    (L{xdiskd.compiled.describe}).
+    """
     import twisted
     from xdiskd import __version__
-    return "xdiskd %s (Twisted %s, Python %s)" % (
-        __version__, twisted.__version__, platform.python_version())
+    from xdiskd.compiled import describe
+    return "xdiskd %s (Twisted %s, Python %s)\n%s" % (
+        __version__, twisted.__version__, platform.python_version(),
+        describe())
 
 
 class Options(usage.Options):

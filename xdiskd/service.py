@@ -16,6 +16,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
+from xdiskd.compiled import describe as describeBuild
 from xdiskd.connectors import Connectors
 from xdiskd.control.services import addOperationServices
 from xdiskd.dmsg.link import DMSGFactory
@@ -132,6 +133,7 @@ def makeService(options: Options, reactor: Any = None) -> XDiskService:
             e.filename, e.strerror or e))
 
     tuneMalloc()
+    log.info("hot modules: {build}", build=describeBuild())
     if setSpin(reactor, spinMax):
         log.info("reactor: {name}, busy-poll up to {us} us", us=int(
             options["poll-us"]), name=type(reactor).__name__)
