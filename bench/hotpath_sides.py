@@ -13,6 +13,7 @@ Numbers move with code changes, not with load, but exclude the kernel
 (sendmsg/recv/epoll) and the reactor, which the real daemons also pay.
 
     .venv/bin/python bench/hotpath_sides.py [--n 20000] [--calls]
+        [--only 'read QD32']
 
 --calls prints, per side, every function called at least once per
 32 requests, with calls per request (deterministic: cProfile counts).
@@ -142,6 +143,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--calls", action="store_true")
+    ap.add_argument("--only", default="", help="one workload, e.g. "
+                    "'read QD32' (for instruction counts under callgrind: "
+                    "run with two --n and take the difference)")
     a = ap.parse_args()
     print("\n".join(describe()))
     fd, path = tempfile.mkstemp(prefix="xdhot-")
@@ -151,8 +155,9 @@ def main():
     try:
         unit, pump, feed, transport = build(path, imp, exp)
         args = (unit, pump, feed, transport)
-        run(*args, 2000, 32, False, imp, exp)        # warm up
-        run(*args, 2000, 32, True, imp, exp)
+        warm = 320 if a.only else 2000
+        run(*args, warm, 32, False, imp, exp)        # warm up
+        run(*args, warm, 32, True, imp, exp)
         if a.calls:
             import cProfile
             for name, write in (("read QD32", False), ("write QD32", True)):
@@ -165,6 +170,8 @@ def main():
                                 ("read QD32", 32, False),
                                 ("write QD1", 1, True),
                                 ("write QD32", 32, True)):
+            if a.only and a.only != name:
+                continue
             i, e = run(*args, a.n, qd, write, imp, exp)
             print("4 KiB %-10s importer %5.1f  exporter %5.1f us CPU per "
                   "request (Python, in-memory link, NBD front)" % (

@@ -129,9 +129,9 @@ class TagPool:
 
     def _issue(self, parent: Any, chunk: Chunk) -> bool:
         try:
-            txn = parent.startChild(chunk.cmd,
-                                    BlkIO(chunk.offset, chunk.length),
-                                    chunk.data, self._ioMessage, True)
+            txn = parent.link.startTransaction(
+                parent, chunk.cmd, BlkIO(chunk.offset, chunk.length),
+                chunk.data, self._ioMessage, True)
         except LinkError:
             # The parent died under us; its own teardown restarts us.
             bisect.insort(self.queue, chunk)

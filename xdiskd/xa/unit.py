@@ -44,7 +44,7 @@ L{xdiskd.xa.tags.TagPool} this class mixes in.
 
 from __future__ import annotations
 
-import time
+from time import perf_counter
 from collections import deque
 from typing import Any, Deque, Dict, List, Optional
 
@@ -496,12 +496,13 @@ class XAUnit(TagPool):
 
     def _start(self, cmd: int, offset: int, length: int, data: Any,
                done: Done) -> Optional[Request]:
-        error = self._refusal(offset, length)
-        if error is not None:
-            done(None, Failure(error))
-            return None
-        if length == 0:
-            done([] if cmd == C.BLK_READ else None, None)
+        if (self.gone or self.failingFast or offset < 0 or length <= 0
+                or offset + length > self.size):
+            error = self._refusal(offset, length)
+            if error is not None:
+                done(None, Failure(error))
+                return None
+            done([] if cmd == C.BLK_READ else None, None)   # length 0
             return None
         return self._enqueue(cmd, offset, length, data, done)
 
@@ -533,12 +534,21 @@ class XAUnit(TagPool):
         req = Request(self, cmd, offset, length, self.opencnt == 0, done)
         if scatter:
             req.scatter = True
-        req.started = time.perf_counter()
-        maxIO = TRIM_CHUNK if cmd == C.BLK_FREEBLKS else self.maxIO
+        req.started = perf_counter()
         self.requests[req] = None
+        self.stats.started += 1
         if cmd == C.BLK_READ or cmd == C.BLK_WRITE:
             self.bytesQueued += length
-        self.stats.start(cmd)
+            if length <= self.maxIO:
+                # One chunk: the request itself (Request.split).
+                req.data = data
+                req.chunks = [req]
+                req.pending = 1
+                req.seq = self._seq = self._seq + 1
+                self.queue.append(req)
+                self._kick()
+                return req
+        maxIO = TRIM_CHUNK if cmd == C.BLK_FREEBLKS else self.maxIO
         for chunk in req.split(data, maxIO):
             self._seq += 1
             chunk.seq = self._seq
@@ -587,7 +597,7 @@ class XAUnit(TagPool):
             self._moving = False      # lost meanwhile: a failover now
             return
         req = Request(self, C.BLK_FLUSH, 0, 0, False, self._movedFlush)
-        req.started = time.perf_counter()
+        req.started = perf_counter()
         self.stats.start(C.BLK_FLUSH)
         [chunk] = req.split(None, self.maxIO)
         # Numbered after every write acknowledged so far, so the unflushed
@@ -638,7 +648,7 @@ class XAUnit(TagPool):
                 for d in waiters:
                     d.callback(None)
         self.stats.finish(req.cmd, req.length, req.failure is not None,
-                          time.perf_counter() - req.started)
+                          perf_counter() - req.started)
         if self.opencnt == 0:
             self.importer._check(self)
 
