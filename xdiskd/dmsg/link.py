@@ -629,7 +629,8 @@ class DMSGLink(Protocol):
             parent = self.root
         if not self.connected:
             raise LinkError("%s is not connected" % (self.name,))
-        if parent is not self.root and not parent.isOpen:
+        if parent is not self.root and (
+                parent.txDelete or parent.rxDelete or parent.dying):  # isOpen
             raise LinkError("parent %r is not open" % (parent,))
         msgid = next(self._msgids)
         txn = Transaction(self, msgid, parent, cmd & C.BASECMDMASK, True)

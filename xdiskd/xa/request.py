@@ -38,7 +38,7 @@ class Chunk:
     """
 
     __slots__ = ("cmd", "offset", "length", "data", "seq", "retries",
-                 "notBefore", "txn", "index", "slot")
+                 "notBefore", "txn", "index", "slot", "probe")
 
     request: "Request"
     cmd: int
@@ -46,6 +46,7 @@ class Chunk:
     length: int
     data: Any
     seq: int
+    probe: bool     # the request's (see Request), copied for the tag pool
     retries: int
     notBefore: float
     txn: Any
@@ -69,6 +70,7 @@ class Piece(Chunk):
     def __init__(self, request: "Request", cmd: int, offset: int,
                  length: int, data: Any, index: int) -> None:
         self.request = request
+        self.probe = request.probe
         self.cmd = cmd
         self.offset = offset
         self.length = length
@@ -94,7 +96,7 @@ class Request(Chunk):
     @ivar chunks: what goes on the wire: C{[self]}, or the L{Piece}s.
     """
 
-    __slots__ = ("unit", "probe", "deferred", "chunks", "pending",
+    __slots__ = ("unit", "deferred", "chunks", "pending",
                  "failure", "parts", "result", "started", "cancelled",
                  "scatter", "nested", "done")
 

@@ -81,7 +81,7 @@ class TagPool:
         queue = self.queue
         while queue:
             chunk = queue[0]
-            if chunk.request.probe:
+            if chunk.probe:
                 parent = self._firstLiveSpan()
                 if parent is None:
                     queue.popleft()
@@ -90,7 +90,9 @@ class TagPool:
                             self.name, self.label)))
                     continue
                 limit = self._spanIO.get(parent, self.maxIO)
-            elif (self.state == OPEN and self.openTxn.isOpen  # type: ignore
+            elif (self.state == OPEN and self.openTxn is not None
+                  and not (self.openTxn.txDelete or self.openTxn.rxDelete
+                           or self.openTxn.dying)       # isOpen
                   and not self._moving):
                 if chunk.seq > self.window.gate:
                     return    # a replay goes first (xa/window.py)
@@ -158,9 +160,10 @@ class TagPool:
                 self._kick()     # held for room in the unflushed window
                 return
             chunk.request.chunkDone(chunk, msg.aux)
-            self._kick()
+            if self.queue or self._moving:
+                self._kick()
             return
-        if error != C.ERR_IO and not chunk.request.probe:
+        if error != C.ERR_IO and not chunk.probe:
             io.importRetries += 1
         else:
             io.importErrors += 1
@@ -170,7 +173,7 @@ class TagPool:
                 "%s: %s of %d bytes at %d failed on the server (0x22)" % (
                     self.name, _opName(chunk.cmd), chunk.length,
                     chunk.offset)))
-        elif chunk.request.probe:
+        elif chunk.probe:
             # Probe I/O fails instead of waiting for a path.
             self._chunkFailed(chunk, NoPathError(
                 "%s: probe %s failed: error %#x" % (
