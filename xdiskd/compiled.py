@@ -45,6 +45,7 @@ MODULES = (
     "xdiskd.nbd.server",
     "xdiskd.nbd.commands",
     "xdiskd.xa.unit",
+    "xdiskd.xa.tags",
     "xdiskd.xa.request",
     "xdiskd.xa.stats",
     "xdiskd.xa.paths",

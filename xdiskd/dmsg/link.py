@@ -66,6 +66,10 @@ else:
 
 _linkIds = itertools.count(1)
 
+# CREATE|DELETE|REPLY|REVTRANS: the one reply to a one-message transaction
+# of ours.
+_ONE_REPLY = C.CREATE | C.DELETE | C.REPLY | C.REVTRANS
+
 # Log at most this many protocol violations per link (then every 1000th).
 _VIOLATION_LOG_LIMIT = 20
 
@@ -445,6 +449,32 @@ class DMSGLink(Protocol):
 
     def _receive(self, msg: Message) -> None:
         cmd = msg.cmd
+        if cmd & _ONE_REPLY == _ONE_REPLY:
+            # The single reply to a one-message transaction of ours (an
+            # I/O): the rules below, for the case that passes them all.
+            txn = self.tx.get(msg.msgid)
+            if (txn is not None and txn.txDelete and not txn.rxCreate
+                    and not txn.rxDelete and not txn.late
+                    and not txn.children and txn.parent is not None
+                    and txn.parent.msgid == msg.circuit):
+                txn.rxCreate = txn.rxDelete = True
+                handler = txn.handler
+                if handler is not None:
+                    handler(txn, msg)
+                else:
+                    txn.reply(0)
+                # _maybeGone: DELETE went both ways.
+                if self.tx.get(txn.msgid) is txn:
+                    del self.tx[txn.msgid]
+                parent = txn.parent
+                if txn in parent.children:
+                    del parent.children[txn]
+                waiters = txn._closedWaiters
+                if waiters:
+                    txn._closedWaiters = None
+                    for d in waiters:
+                        d.callback(txn)
+                return
         if cmd & C.CREATE and not cmd & C.REPLY:
             # §6.4: the peer opens a transaction.
             if msg.msgid == 0:
@@ -599,7 +629,8 @@ class DMSGLink(Protocol):
             parent = self.root
         if not self.connected:
             raise LinkError("%s is not connected" % (self.name,))
-        if parent is not self.root and not parent.isOpen:
+        if parent is not self.root and (
+                parent.txDelete or parent.rxDelete or parent.dying):  # isOpen
             raise LinkError("parent %r is not open" % (parent,))
         msgid = next(self._msgids)
         txn = Transaction(self, msgid, parent, cmd & C.BASECMDMASK, True)

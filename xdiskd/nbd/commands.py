@@ -149,7 +149,8 @@ class SectorLocks:
         _, _, exclusive = self._held.pop(token)
         if exclusive:
             self._exclusiveHeld -= 1
-        self._wake()
+        if self._waiting:
+            self._wake()
 
     def _wake(self) -> None:
         blocked: List[Tuple[int, int, bool]] = []
@@ -169,6 +170,53 @@ class SectorLocks:
     def idle(self) -> bool:
         """Return True if nothing holds or waits for a lock."""
         return not self._held and not self._waiting
+
+
+class _Direct:
+    """
+    The device's C{done(result, failure)} for one plain READ or WRITE of
+    L{Transmission.start}: builds the reply and hands it on, one object
+    per request instead of a closure per layer.
+    """
+
+    __slots__ = ("transmission", "req", "reply", "key", "cost", "token")
+
+    def __init__(self, transmission: "Transmission", req: wire.Request,
+                 reply: Callable[[Optional[List[Any]], int, int], None],
+                 key: int, cost: int, token: Optional[int]) -> None:
+        self.transmission = transmission
+        self.req = req
+        self.reply = reply
+        self.key = key
+        self.cost = cost
+        self.token = token      # a WRITE's shared lock
+
+    def __call__(self, result: Any, failure: Optional[Failure]) -> None:
+        t = self.transmission
+        req = self.req
+        pieces: Optional[List[Any]]
+        if self.token is not None:
+            t.locks.release(self.token)
+            pieces = ([wire.simpleReply(0, req.cookie)] if failure is None
+                      else t._failed(failure, req))
+        elif failure is None:
+            n = 0
+            for p in result:
+                n += len(p)
+            if n != req.length:
+                # Checked as on the Deferred path.
+                pieces = t._failed(Failure(RuntimeError(
+                    "device read %d bytes, %d asked" % (n, req.length))),
+                    req)
+            elif not t.structured:
+                pieces = [wire.simpleReply(0, req.cookie), *result]
+            else:
+                # One chunk, marked DONE: all data is in hand.
+                pieces = [wire.offsetDataHeader(req.cookie, req.offset, n,
+                                                True), *result]
+        else:
+            pieces = t._failed(failure, req)
+        self.reply(pieces, self.key, self.cost)
 
 
 class Transmission:
@@ -227,13 +275,14 @@ class Transmission:
         return d.addErrback(self._failed, req)
 
     def start(self, req: wire.Request,
-              reply: Callable[[List[Any]], None]) -> Any:
+              reply: Callable[[Optional[List[Any]], int, int], None],
+              key: int, cost: int) -> Any:
         """
         Execute C{req} without a Deferred if it is a plain READ or WRITE
         (no flags, aligned, in range, not empty) and the device is an
-        L{ICallbackBlockDevice}: C{reply} is called with the reply
-        pieces, or None if the request was cancelled, as L{handle}'s
-        Deferred would fire.
+        L{ICallbackBlockDevice}: C{reply(pieces, key, cost)} is called
+        with the reply pieces, or None if the request was cancelled, as
+        L{handle}'s Deferred would fire.
 
         @return: L{NOT_DIRECT} if C{req} must go through L{handle};
             else the device's handle for the request (with C{cancel()}
@@ -246,33 +295,16 @@ class Transmission:
                 or offset % sector or length % sector):
             return NOT_DIRECT
         kind = req.type
-        cookie = req.cookie
         if kind == wire.CMD_READ:
-            def readDone(parts: Any, failure: Optional[Failure]) -> None:
-                if failure is None:
-                    try:
-                        # Checks the length, as on the Deferred path.
-                        pieces = self._readvReply(parts, req)
-                    except RuntimeError:
-                        failure = Failure()
-                if failure is not None:
-                    pieces = self._failed(failure, req)  # type: ignore
-                reply(pieces)
-            return self.device.startRead(offset, length, readDone)
+            return self.device.startRead(offset, length, _Direct(
+                self, req, reply, key, cost, None))
         if kind != wire.CMD_WRITE or self.readOnly:
             return NOT_DIRECT
         token = self.locks.tryShared(offset, offset + length)
         if token is None:
             return NOT_DIRECT
-        locks = self.locks
-
-        def writeDone(_: Any, failure: Optional[Failure]) -> None:
-            locks.release(token)  # type: ignore[arg-type]
-            if failure is not None:
-                reply(self._failed(failure, req))  # type: ignore
-            else:
-                reply([wire.simpleReply(0, cookie)])
-        return self.device.startWrite(offset, req.data, writeDone)
+        return self.device.startWrite(offset, req.data, _Direct(
+            self, req, reply, key, cost, token))
 
     def oversized(self, req: wire.OversizedWrite) -> List[bytes]:
         """Return the reply to a WRITE whose payload was skipped."""

@@ -371,8 +371,7 @@ class NBDServerProtocol(Protocol):
         if transmission.direct:
             # Plain READ/WRITE on a callback device: no Deferred.
             pending[key] = _STARTING
-            handle = transmission.start(
-                req, lambda pieces: self._directReplied(pieces, key, cost))
+            handle = transmission.start(req, self._replied, key, cost)
             if handle is NOT_DIRECT:
                 del pending[key]
             else:
@@ -396,30 +395,27 @@ class NBDServerProtocol(Protocol):
             device.whenUncongested().addCallback(  # type: ignore
                 lambda _: self._unpause(_PAUSE_DEVICE))
 
-    def _directReplied(self, pieces: Optional[List[bytes]], key: int,
-                       cost: int) -> None:
-        # Called from the device's completion: a bug here is ours, not
-        # the device's (nor the DMSG link's that delivered the reply).
-        try:
-            self._replied(pieces, key, cost)
-        except Exception:
-            self._bug(Failure())
-
     def _replied(self, pieces: Optional[List[bytes]], key: int,
                  cost: int) -> None:
-        self._pending.pop(key, None)
-        self._inflightBytes -= cost
-        if pieces is not None and self._connected:
-            self._write(pieces)
-        f = self.factory
-        if cost:
-            f.budget.change(self, -cost)
-        if (self._pauses & _PAUSE_INFLIGHT
-                and self._inflightBytes <= f.maxInflightBytes
-                and len(self._pending) < f.maxInflightRequests):
-            self._unpause(_PAUSE_INFLIGHT)
-        if self._disconnecting and not self._pending:
-            self._close()
+        # Also called from the device's completion (direct requests): a
+        # bug here is ours, not the device's (nor the DMSG link's that
+        # delivered the reply).
+        try:
+            self._pending.pop(key, None)
+            self._inflightBytes -= cost
+            if pieces is not None and self._connected:
+                self._write(pieces)
+            f = self.factory
+            if cost:
+                f.budget.change(self, -cost)
+            if (self._pauses & _PAUSE_INFLIGHT
+                    and self._inflightBytes <= f.maxInflightBytes
+                    and len(self._pending) < f.maxInflightRequests):
+                self._unpause(_PAUSE_INFLIGHT)
+            if self._disconnecting and not self._pending:
+                self._close()
+        except Exception:
+            self._bug(Failure())
 
     def _write(self, pieces: List[bytes]) -> None:
         n = 0

@@ -25,20 +25,52 @@ OP_NAMES = {C.BLK_READ: "read", C.BLK_WRITE: "write", C.BLK_FLUSH: "flush",
 
 class Chunk:
     """
-    One DMSG I/O: a slice of a L{Request}.
+    One DMSG I/O: a slice of a L{Request}, or (I/O of one chunk, the
+    common case) the request itself: a L{Request} is its own only chunk
+    until it is split, so one object goes through the tag pool instead
+    of two.
 
+    @ivar request: the request this is a slice of (a L{Request}: itself).
     @ivar seq: position in the unit's issue order; re-queued chunks are
         put back in this order so a flush is never reordered ahead of
         writes issued before it.
     @ivar notBefore: earliest re-issue time after a non-LOSTLINK error.
     """
 
-    __slots__ = ("request", "cmd", "offset", "length", "data", "seq",
-                 "retries", "notBefore", "txn", "started", "index", "slot")
+    __slots__ = ("cmd", "offset", "length", "data", "seq", "retries",
+                 "notBefore", "txn", "index", "slot", "probe")
+
+    request: "Request"
+    cmd: int
+    offset: int
+    length: int
+    data: Any
+    seq: int
+    probe: bool     # the request's (see Request), copied for the tag pool
+    retries: int
+    notBefore: float
+    txn: Any
+    index: int
+    slot: Optional[List[Any]]
+
+    def __lt__(self, other: "Chunk") -> bool:
+        return self.seq < other.seq
+
+    def __repr__(self) -> str:
+        return "<%s %s seq=%d off=%d len=%d>" % (
+            type(self).__name__, OP_NAMES.get(self.cmd, self.cmd), self.seq,
+            self.offset, self.length)
+
+
+class Piece(Chunk):
+    """A chunk of a request cut into several (L{Request.split})."""
+
+    __slots__ = ("request",)
 
     def __init__(self, request: "Request", cmd: int, offset: int,
                  length: int, data: Any, index: int) -> None:
         self.request = request
+        self.probe = request.probe
         self.cmd = cmd
         self.offset = offset
         self.length = length
@@ -47,22 +79,13 @@ class Chunk:
         self.seq = 0
         self.retries = 0
         self.notBefore = 0.0
-        self.txn: Any = None
-        self.started = 0.0
+        self.txn = None
         # Where a read's data goes: C{request.parts[index]}, or for a
         # piece of a divided chunk its own list's C{[index]}.
-        self.slot: Optional[List[Any]] = None
-
-    def __lt__(self, other: "Chunk") -> bool:
-        return self.seq < other.seq
-
-    def __repr__(self) -> str:
-        return "<Chunk %s seq=%d off=%d len=%d>" % (
-            OP_NAMES.get(self.cmd, self.cmd), self.seq, self.offset,
-            self.length)
+        self.slot = None
 
 
-class Request:
+class Request(Chunk):
     """
     One operation on a unit: read, write, flush or trim.
 
@@ -70,11 +93,12 @@ class Request:
         B_FAILONDIS): set for I/O issued while the unit is not open.
     @ivar parts: for a split read, each chunk's data as it arrives; joined
         once at the end (no buffer is held while the request waits).
+    @ivar chunks: what goes on the wire: C{[self]}, or the L{Piece}s.
     """
 
-    __slots__ = ("unit", "cmd", "offset", "length", "probe", "deferred",
-                 "chunks", "pending", "failure", "parts", "result",
-                 "started", "cancelled", "scatter", "nested", "done")
+    __slots__ = ("unit", "deferred", "chunks", "pending",
+                 "failure", "parts", "result", "started", "cancelled",
+                 "scatter", "nested", "done")
 
     def __init__(self, unit: Any, cmd: int, offset: int, length: int,
                  probe: bool, done: Optional[Done] = None) -> None:
@@ -88,7 +112,7 @@ class Request:
         self.done = done
         self.deferred: Optional[Deferred] = (
             Deferred(self._cancel) if done is None else None)
-        self.chunks: List[Chunk] = []
+        self.chunks: List[Chunk] = _NONE
         self.pending = 0
         self.failure: Optional[Failure] = None
         self.parts: Optional[List[Any]] = None
@@ -97,6 +121,19 @@ class Request:
         self.cancelled = False
         self.scatter = done is not None  # the list of parts, not joined
         self.nested = False     # parts holds lists (divided chunks)
+        # As its own chunk (see Chunk).
+        self.data = None
+        self.index = 0
+        self.seq = 0
+        self.retries = 0
+        self.notBefore = 0.0
+        self.txn = None
+        self.slot = None
+
+    @property
+    def request(self) -> "Request":  # type: ignore[override]
+        """A request is its own chunk (until it is split)."""
+        return self
 
     @property
     def finished(self) -> bool:
@@ -121,8 +158,8 @@ class Request:
         """Cut this request into chunks of at most C{maxIO} bytes."""
         cmd = self.cmd
         if cmd == C.BLK_FLUSH or self.length <= maxIO:
-            self.chunks = [Chunk(self, cmd, self.offset, self.length, data,
-                                 0)]
+            self.data = data
+            self.chunks = [self]
         else:
             self.chunks = self._cut(self.offset, self.length, data, maxIO)
             if cmd == C.BLK_READ:
@@ -139,7 +176,7 @@ class Request:
         pos = 0
         while pos < length:
             n = min(maxIO, length - pos)
-            chunks.append(Chunk(
+            chunks.append(Piece(
                 self, self.cmd, offset + pos, n,
                 view[pos:pos + n] if view is not None else None,
                 len(chunks)))
@@ -208,7 +245,7 @@ class Request:
         result, self.result = self.result, None
         for chunk in self.chunks:
             chunk.data = None
-        self.chunks = []
+        self.chunks = _NONE
         failure, self.failure = self.failure, None
         if self.cancelled:
             return
@@ -241,6 +278,9 @@ class Request:
         self.cancelled = True
         self.unit._cancel(self)
         d.errback(Failure(CancelledError()))
+
+
+_NONE: List[Chunk] = []     # shared: never added to
 
 
 def _flatten(parts: List[Any]) -> List[Any]:

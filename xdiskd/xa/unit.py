@@ -38,17 +38,13 @@ smallest limit among the unit's paths (each span states its exporter's:
 the importer's setting.  A chunk cut for a path that has since gone is cut
 again at issue if the path that takes it over accepts less.
 
-Tags: C{maxTags} per unit (MAXTAGS, 64).  While an open exists it holds
-one, so at most 63 I/O transactions are on the wire; the rest of the
-requests wait in C{queue}, FIFO by sequence number.  A tag is owned by an
-in-flight chunk from the moment its transaction is sent until its single
-reply (or simulated LOSTLINK) arrives.
+Tags: C{maxTags} per unit (MAXTAGS, 64), issued and completed by the
+L{xdiskd.xa.tags.TagPool} this class mixes in.
 """
 
 from __future__ import annotations
 
-import bisect
-import time
+from time import perf_counter
 from collections import deque
 from typing import Any, Deque, Dict, List, Optional
 
@@ -59,15 +55,17 @@ from zope.interface import implementer
 
 from xdiskd.dmsg import constants as C
 from xdiskd.dmsg.link import LinkError, Transaction
-from xdiskd.dmsg.wire import BlkIO, BlkOpen, Message
+from xdiskd.dmsg.wire import BlkOpen, Message
 from xdiskd.errors import (
-    MediaError, NoPathError, NotOpenError, OutOfRangeError, ReadOnlyError,
+    NoPathError, NotOpenError, OutOfRangeError, ReadOnlyError,
     UnitGoneError)
 from xdiskd.interfaces import Done, ICallbackBlockDevice
 from xdiskd.labels import show
 from xdiskd.xa.paths import farSlower, isLive, msText, pathRTT, pathRank
 from xdiskd.xa.request import Chunk, Request
+from xdiskd.xa.states import CLOSED, CLOSING, OPEN, OPENING, STALLED
 from xdiskd.xa.stats import UnitStats
+from xdiskd.xa.tags import TagPool
 from xdiskd.xa.window import DEFAULT_WINDOW, REPLAY, UnflushedWindow
 
 MAXTAGS = 64
@@ -78,17 +76,13 @@ TRIM_CHUNK = 1 << 30             # FREEBLKS length is a u32
 # many clients there are).
 CONGESTION_BYTES = 32 << 20
 
-CLOSED = "closed"
-OPENING = "opening"
-OPEN = "open"
-STALLED = "stalled"
-CLOSING = "closing"
+
 
 _OPEN_RETRY = 1.0                 # seconds between failed re-open attempts
 
 
 @implementer(ICallbackBlockDevice)
-class XAUnit:
+class XAUnit(TagPool):
     """
     One remote disk (see the module docstring for the state machine).
 
@@ -502,12 +496,13 @@ class XAUnit:
 
     def _start(self, cmd: int, offset: int, length: int, data: Any,
                done: Done) -> Optional[Request]:
-        error = self._refusal(offset, length)
-        if error is not None:
-            done(None, Failure(error))
-            return None
-        if length == 0:
-            done([] if cmd == C.BLK_READ else None, None)
+        if (self.gone or self.failingFast or offset < 0 or length <= 0
+                or offset + length > self.size):
+            error = self._refusal(offset, length)
+            if error is not None:
+                done(None, Failure(error))
+                return None
+            done([] if cmd == C.BLK_READ else None, None)   # length 0
             return None
         return self._enqueue(cmd, offset, length, data, done)
 
@@ -539,75 +534,27 @@ class XAUnit:
         req = Request(self, cmd, offset, length, self.opencnt == 0, done)
         if scatter:
             req.scatter = True
-        req.started = time.perf_counter()
-        maxIO = TRIM_CHUNK if cmd == C.BLK_FREEBLKS else self.maxIO
+        req.started = perf_counter()
         self.requests[req] = None
+        self.stats.started += 1
         if cmd == C.BLK_READ or cmd == C.BLK_WRITE:
             self.bytesQueued += length
-        self.stats.start(cmd)
+            if length <= self.maxIO:
+                # One chunk: the request itself (Request.split).
+                req.data = data
+                req.chunks = [req]
+                req.pending = 1
+                req.seq = self._seq = self._seq + 1
+                self.queue.append(req)
+                self._kick()
+                return req
+        maxIO = TRIM_CHUNK if cmd == C.BLK_FREEBLKS else self.maxIO
         for chunk in req.split(data, maxIO):
             self._seq += 1
             chunk.seq = self._seq
             self.queue.append(chunk)
         self._kick()
         return req
-
-    # ---------------------------------------------------------------
-    # The tag pool (xa_start / xa_release)
-
-    def _tagsFree(self) -> int:
-        held = 1 if self.openTxn is not None else 0
-        return self.maxTags - held - len(self.inflight)
-
-    def _kick(self) -> None:
-        """Start queued chunks while tags are free (FIFO)."""
-        if self._moving:
-            self._moveWhenIdle()
-            return
-        queue = self.queue
-        while queue:
-            chunk = queue[0]
-            if chunk.request.probe:
-                parent = self._firstLiveSpan()
-                if parent is None:
-                    queue.popleft()
-                    self._chunkFailed(chunk, NoPathError(
-                        "%s (%s): no live path for probe I/O" % (
-                            self.name, self.label)))
-                    continue
-                limit = self._spanIO.get(parent, self.maxIO)
-            elif (self.state == OPEN and self.openTxn.isOpen  # type: ignore
-                  and not self._moving):
-                if chunk.seq > self.window.gate:
-                    return    # a replay goes first (xa/window.py)
-                parent = self.openTxn
-                limit = self._openIO
-            else:
-                return        # stalled: wait for an open
-            if chunk.length > limit and (chunk.cmd == C.BLK_READ
-                                         or chunk.cmd == C.BLK_WRITE):
-                # Cut for a path that is gone; this one takes less.
-                queue.popleft()
-                queue.extendleft(reversed(chunk.request.divide(chunk,
-                                                               limit)))
-                continue
-            if len(self.inflight) >= self.maxTags - 1:
-                return        # all tags busy (the open holds one)
-            if chunk.cmd == C.BLK_FLUSH and self.inflight and min(
-                    c.seq for c in self.inflight.values()) < chunk.seq and (
-                    self.window.barrier(chunk)):
-                return        # barrier: earlier I/O still in flight
-            if chunk.notBefore:
-                now = self.reactor.seconds()
-                if chunk.notBefore > now:
-                    if self._kickCall is None:
-                        self._kickCall = self.reactor.callLater(
-                            chunk.notBefore - now, self._delayedKick)
-                    return
-                chunk.notBefore = 0.0
-            queue.popleft()
-            if not self._issue(parent, chunk):
-                return
 
     # ---------------------------------------------------------------
     # Moving off a slow path
@@ -650,7 +597,7 @@ class XAUnit:
             self._moving = False      # lost meanwhile: a failover now
             return
         req = Request(self, C.BLK_FLUSH, 0, 0, False, self._movedFlush)
-        req.started = time.perf_counter()
+        req.started = perf_counter()
         self.stats.start(C.BLK_FLUSH)
         [chunk] = req.split(None, self.maxIO)
         # Numbered after every write acknowledged so far, so the unflushed
@@ -677,92 +624,6 @@ class XAUnit:
         txn.reply(0)                  # close the old open (§8.5)
         self._startOpen()
 
-    def _delayedKick(self) -> None:
-        self._kickCall = None
-        self._kick()
-
-    def _issue(self, parent: Any, chunk: Chunk) -> bool:
-        try:
-            txn = parent.startChild(chunk.cmd,
-                                    BlkIO(chunk.offset, chunk.length),
-                                    chunk.data, self._ioMessage, True)
-        except LinkError:
-            # The parent died under us; its own teardown restarts us.
-            bisect.insort(self.queue, chunk)
-            return False
-        txn.data = chunk
-        chunk.txn = txn
-        self.inflight[txn] = chunk
-        if chunk.cmd == C.BLK_FLUSH:
-            self.window.issued(chunk)     # what it covers (xa/window.py)
-        return True
-
-    def _ioMessage(self, txn: Transaction, msg: Message) -> None:
-        """xa_bio_completion: the single reply to one I/O."""
-        chunk = self.inflight.pop(txn, None)
-        if chunk is None:
-            return
-        chunk.txn = None
-        error = msg.error
-        io = txn.link.io
-        io.importOps += 1
-        if error == 0:
-            cmd = chunk.cmd
-            if cmd == C.BLK_READ or cmd == C.BLK_WRITE:
-                io.importBytes += chunk.length
-            if cmd != C.BLK_READ and self.window.completed(chunk):
-                self._kick()     # held for room in the unflushed window
-                return
-            chunk.request.chunkDone(chunk, msg.aux)
-            self._kick()
-            return
-        if error != C.ERR_IO and not chunk.request.probe:
-            io.importRetries += 1
-        else:
-            io.importErrors += 1
-        if error == C.ERR_IO:
-            # A real media error (or a refused request): fail it.
-            self._chunkFailed(chunk, MediaError(
-                "%s: %s of %d bytes at %d failed on the server (0x22)" % (
-                    self.name, _opName(chunk.cmd), chunk.length,
-                    chunk.offset)))
-        elif chunk.request.probe:
-            # Probe I/O fails instead of waiting for a path.
-            self._chunkFailed(chunk, NoPathError(
-                "%s: probe %s failed: error %#x" % (
-                    self.name, _opName(chunk.cmd), error)))
-        elif self.opencnt == 0:
-            # The last close took it (its BLK_OPEN went): re-queue only
-            # while the unit is open, as the seed does.
-            self._chunkFailed(chunk, NotOpenError("%s closed" % (
-                self.name,)))
-        else:
-            # Re-queue: device open, error is not DMSG_ERR_IO.
-            self._requeue(chunk, error)
-        self._kick()
-
-    def _requeue(self, chunk: Chunk, error: int) -> None:
-        self.stats.retries += 1
-        if error != C.ERR_LOSTLINK:
-            # The seed re-queues on any error but 0x22: a server that
-            # keeps answering e.g. PARAM is retried forever, so say so
-            # (first time per error code, then every 1000th).
-            n = self._odd.get(error, 0) + 1
-            self._odd[error] = n
-            if n == 1 or n % 1000 == 0:
-                self.log.warn("{unit}: {op} at {off} got error {e:#x} from "
-                              "the server; re-queued with back-off "
-                              "({n} so far)", unit=self.name,
-                              op=_opName(chunk.cmd), off=chunk.offset,
-                              e=error, n=n)
-            chunk.retries += 1
-            chunk.notBefore = self.reactor.seconds() + min(
-                1.0, 0.01 * (2 ** min(chunk.retries, 7)))
-        bisect.insort(self.queue, chunk)
-
-    def _chunkFailed(self, chunk: Chunk, error: Exception) -> None:
-        chunk.request.chunkFailed(chunk, Failure(error))
-
     @property
     def congested(self) -> bool:
         """Too many request bytes accepted: front ends should wait."""
@@ -787,24 +648,9 @@ class XAUnit:
                 for d in waiters:
                     d.callback(None)
         self.stats.finish(req.cmd, req.length, req.failure is not None,
-                          time.perf_counter() - req.started)
+                          perf_counter() - req.started)
         if self.opencnt == 0:
             self.importer._check(self)
-
-    def _failQueued(self, error: Exception) -> None:
-        queue, self.queue = self.queue, deque()
-        for chunk in queue:
-            self._chunkFailed(chunk, error)
-
-    def _cancel(self, req: Request) -> None:
-        """A caller gave up on C{req}: withdraw its chunks not yet sent."""
-        mine = [c for c in self.queue if c.request is req]
-        if mine:
-            self.queue = deque(c for c in self.queue if c.request is not req)
-            for c in mine:
-                req.pending -= 1
-            if req.pending == 0:
-                self._requestDone(req)
 
     # ---------------------------------------------------------------
     # Teardown (the seed's compiled-out xa_terminate_check)
@@ -831,8 +677,3 @@ class XAUnit:
                     stalledFor=round(self.stalledFor, 3),
                     window=self.window.snapshot(),
                     stats=self.stats.asDict())
-
-
-def _opName(cmd: int) -> str:
-    from xdiskd.xa.request import OP_NAMES
-    return OP_NAMES.get(cmd, hex(cmd))
