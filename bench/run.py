@@ -163,6 +163,9 @@ def fio(uri, rw, bs, qd, mix, size, runtime):
         res["p99"].append(pct.get("99.000000", 0) / 1000)
     res["p50"] = max(res["p50"] or [0])
     res["p99"] = max(res["p99"] or [0])
+    # The client's own CPU (fio: percent of the job's run time, in ms).
+    res["clientUs"] = (job["usr_cpu"] + job["sys_cpu"]) / 100 * (
+        job["job_runtime"] * 1000) / max(res["ios"], 1)
     return res
 
 
@@ -171,7 +174,7 @@ def nbdcopy(src, dst, size):
     subprocess.run(["nbdcopy", src, dst], check=True, capture_output=True)
     dt = time.perf_counter() - t
     return {"bytes": size, "ios": 0, "iops": 0.0, "bw": size / dt,
-            "p50": 0.0, "p99": 0.0}
+            "p50": 0.0, "p99": 0.0, "clientUs": 0.0}
 
 
 def main():
@@ -262,12 +265,12 @@ def report(results, rss, workloads, topos, a, machine):
              "CPU per process: seconds per GiB moved, and µs per request "
              "(fio rows), in the order of the topology's processes "
              "(2-hop xdiskd: exporter, importer; nbdkit-2hop: file, nbd "
-             "proxy).",
+             "proxy); fio µs/req is the client's own (fio's usr+sys).",
              "",
              "| workload | topology | MB/s | IOPS | p50 µs | p99 µs | "
              "CPU s/GiB | per process s/GiB | per process µs/req | "
-             "ratio vs peer |",
-             "|---|---|---:|---:|---:|---:|---:|---|---|---|"]
+             "fio µs/req | ratio vs peer |",
+             "|---|---|---:|---:|---:|---:|---:|---|---|---:|---|"]
     for wname, _ in workloads:
         for name in topos:
             rs = results.get((wname, name))
@@ -284,13 +287,15 @@ def report(results, rss, workloads, topos, a, machine):
             perReq = ("" if wname.startswith("nbdcopy") else " + ".join(
                 "%.1f" % statistics.median(r["usPerReq"][i] for r in rs)
                 for i in range(len(each))))
+            client = ("" if wname.startswith("nbdcopy")
+                      else "%.1f" % med(rs, "clientUs"))
             lines.append("| %s | %s | %.0f | %.0f | %.0f | %.0f | %.2f | "
-                         "%s | %s | %s |" % (
+                         "%s | %s | %s | %s |" % (
                              wname, name, med(rs, "bw") / 1e6,
                              med(rs, "iops"), med(rs, "p50"),
                              med(rs, "p99"), med(rs, "cpuPerGiB"),
                              " + ".join("%.2f" % e for e in each), perReq,
-                             ratio))
+                             client, ratio))
     lines += ["", "Peak RSS (MiB): " + "; ".join(
         "%s: %s" % (n, ", ".join("%s %.0f" % (p, v / 1024)
                                  for p, v in r.items()))
