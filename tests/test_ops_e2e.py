@@ -117,6 +117,15 @@ def startIOLoop(case, uri, where, timeout=30.0):
     return io, stop
 
 
+def stopIOLoop(case, io, stop):
+    """Stop L{startIOLoop}'s client; it must end well (every round
+    verified)."""
+    open(stop, "w").close()
+    out, err = io.communicate(timeout=60)
+    case.assertEqual(io.returncode, 0, err.decode())
+    case.assertIn(b"ok", out)
+
+
 def exporterHeads(case, names, serial="serno/TWO", size=64 * MiB):
     """
     One exporter daemon per name, all exporting C{serial} from one image
@@ -240,10 +249,7 @@ class TwoPathTests(SynchronousTestCase):
         code, out, err = self.ctl("attach", first)
         self.assertEqual(out, "attached %s\n" % (first,))
         waitFor("writes after re-attach", lambda: writes() > n + 16)
-        open(stop, "w").close()
-        out, err = io.communicate(timeout=60)
-        self.assertEqual(io.returncode, 0, err.decode())
-        self.assertIn(b"ok", out)
+        stopIOLoop(self, io, stop)
         stats = self.ctl.stats("serno/TWO")["stats"]
         self.assertEqual(stats["errors"], 0)
         self.assertGreaterEqual(stats["stalls"], 1)

@@ -11,7 +11,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.daemons import Daemon, nbdURI, requireTools, waitNBD
 from tests.delayproxy import DelayProxy
-from tests.test_ops_e2e import Ctl, exporterHeads, startIOLoop, waitFor
+from tests.test_ops_e2e import (
+    Ctl, exporterHeads, startIOLoop, stopIOLoop, waitFor)
 
 DELAY = 0.1     # each way: a 200 ms round trip against well under 1 ms
 
@@ -60,10 +61,7 @@ class SlowPathMoveTests(SynchronousTestCase):
 
         n = writes()
         waitFor("writes after the move", lambda: writes() > n + 16)
-        open(stop, "w").close()
-        out, err = io.communicate(timeout=60)
-        self.assertEqual(io.returncode, 0, err.decode())
-        self.assertIn(b"ok", out)
+        stopIOLoop(self, io, stop)
         stats = self.ctl.stats("serno/TWO")["stats"]
         self.assertEqual(stats["errors"], 0)
         self.assertEqual(stats["moves"], 1)
