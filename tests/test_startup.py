@@ -218,6 +218,12 @@ class StartupErrorTests(SynchronousTestCase):
         text = read(log)
         self.assertIn("[xdiskd.tap#critical] cannot start: " + line, text)
         self.assertNotIn("Traceback", text)
+        # The parent exits as soon as the child reported the failure; the
+        # child removes its pid file on its way out, a moment later (a
+        # loaded CI machine once saw it still there): wait up to 10 s.
+        deadline = time.monotonic() + 10
+        while self.leftovers(log) and time.monotonic() < deadline:
+            time.sleep(0.05)
         self.assertEqual(self.leftovers(log), [])
 
     def _running(self, *args):
