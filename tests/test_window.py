@@ -538,6 +538,23 @@ class BudgetTests(TestCase):
         self.assertLessEqual(budget.peak, kept + FLOOR + self.chunk
                              + ENTRY_COST)
 
+    def test_closeReturnsItsShare(self):
+        """
+        The last close of a unit gives its window's bytes back to the
+        budget (nothing is kept for a later open), so closed units never
+        use up the daemon's share.
+        """
+        budget = self.imp.importer.windowBudget
+        a, b = self.units["serno/BA"], self.units["serno/BB"]
+        for d in self.writeMany(a, 1 << 20) + self.writeMany(b, 1 << 20):
+            self.assertIsNone(self.wait(d))
+        self.assertEqual(budget.used, a.window.inUse + b.window.inUse)
+        self.assertGreater(a.window.inUse, 0)
+        self.wait(a.close())
+        self.assertEqual(budget.used, b.window.inUse)
+        self.wait(b.close())
+        self.assertEqual(budget.used, 0)
+
     def test_noBudget(self):
         """0: no daemon-wide bound; each window only by its own limit."""
         self.imp.importer.windowBudget.limit = 0
